@@ -1,0 +1,174 @@
+"""AlexNet of Krizhevsky, Sutskever & Hinton, *ImageNet Classification with Deep CNNs* (2012).
+
+Five convolutional layers and three fully connected ones, ReLU after each hidden layer, local
+response normalisation after the first two convolutions, overlapping max pooling (3, stride 2)
+and dropout 0.5 before the first two fully connected layers.
+
+Two presets share this one module:
+
+* ``alexnet`` (ImageNet, 224x224): the single-tower layer listing torchvision publishes
+  (64-192-384-256-256 filters, 4096-4096 units, ~61.1M parameters for 1000 classes), with the
+  paper's LRN switchable (torchvision's published weights were trained without it).
+* ``alexnet-small`` (CIFAR-10, 28x28 crops of 32x32 images): same design, sizes that fit the
+  input. Differences from ImageNet's network, each forced by the 7x smaller input:
+    - conv1 is 5x5 stride 1 pad 2 instead of 11x11 stride 4 pad 2 (an 11x11/4 filter would
+      leave a 6x6 map after the first layer);
+    - the last pooling leaves 2x2x256, so the average pool goes to 2x2, not 6x6;
+    - fully connected layers have 1024 units instead of 4096 (1024 inputs, and the checkpoint
+      stays under 25 MB);
+    - training crops are 28x28 of 32x32 images: the paper's 224/256 ratio, exactly.
+
+LRN: the paper divides by (k + alpha * sum a^2)^beta; torch's LocalResponseNorm divides alpha by
+the window size n, so we pass alpha * n to get the paper's k=2, n=5, alpha=1e-4, beta=0.75.
+Shapes: B batch, C channels, H/W spatial, N classes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class AlexNetConfig:
+    """Architecture of one AlexNet; stored verbatim in the model card."""
+
+    num_classes: int = 1000
+    in_channels: int = 3
+    widths: tuple[int, int, int, int, int] = (64, 192, 384, 256, 256)
+    conv1_kernel: int = 11
+    conv1_stride: int = 4
+    conv1_padding: int = 2
+    conv2_kernel: int = 5
+    pool_size: int = 6  # adaptive average pool output side before the classifier
+    hidden: int = 4096
+    dropout: float = 0.5
+    lrn: bool = True
+    lrn_size: int = 5
+    lrn_alpha: float = 1e-4  # the paper's alpha (not divided by n)
+    lrn_beta: float = 0.75
+    lrn_k: float = 2.0
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(int(w) for w in self.widths)  # type: ignore[assignment]
+        if len(self.widths) != 5:
+            raise ValueError("AlexNet has exactly five convolutional layers")
+        if self.num_classes < 1:
+            raise ValueError("num_classes must be positive")
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+
+PRESETS: dict[str, AlexNetConfig] = {
+    "alexnet": AlexNetConfig(),
+    "alexnet-small": AlexNetConfig(
+        num_classes=10, conv1_kernel=5, conv1_stride=1, conv1_padding=2, pool_size=2, hidden=1024
+    ),
+}
+
+
+def _lrn(c: AlexNetConfig) -> nn.Module:
+    if not c.lrn:
+        return nn.Identity()
+    return nn.LocalResponseNorm(c.lrn_size, alpha=c.lrn_alpha * c.lrn_size, beta=c.lrn_beta, k=c.lrn_k)
+
+
+class AlexNet(nn.Module):
+    """AlexNet with named layers; `forward_features` and `forward_head` split as in timm."""
+
+    def __init__(self, config: AlexNetConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        w1, w2, w3, w4, w5 = c.widths
+        relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
+        pool = lambda: nn.MaxPool2d(kernel_size=3, stride=2)  # noqa: E731  overlapping pooling
+        self.features = nn.Sequential(
+            OrderedDict(
+                conv1=nn.Conv2d(c.in_channels, w1, c.conv1_kernel, c.conv1_stride, c.conv1_padding),
+                relu1=relu(),
+                norm1=_lrn(c),
+                pool1=pool(),
+                conv2=nn.Conv2d(w1, w2, c.conv2_kernel, padding=c.conv2_kernel // 2),
+                relu2=relu(),
+                norm2=_lrn(c),
+                pool2=pool(),
+                conv3=nn.Conv2d(w2, w3, 3, padding=1),
+                relu3=relu(),
+                conv4=nn.Conv2d(w3, w4, 3, padding=1),
+                relu4=relu(),
+                conv5=nn.Conv2d(w4, w5, 3, padding=1),
+                relu5=relu(),
+                pool5=pool(),
+            )
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(c.pool_size)
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                drop6=nn.Dropout(c.dropout),
+                fc6=nn.Linear(w5 * c.pool_size * c.pool_size, c.hidden),
+                relu6=relu(),
+                drop7=nn.Dropout(c.dropout),
+                fc7=nn.Linear(c.hidden, c.hidden),
+                relu7=relu(),
+                fc8=nn.Linear(c.hidden, c.num_classes),
+            )
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Init after the paper, with one change.
+
+        The paper draws every weight from N(0, 0.01) and sets biases to 1 in conv2, conv4, conv5
+        and the hidden FC layers (so their ReLUs start on positive inputs), 0 elsewhere. We keep
+        that for the FC layers; the convolutions use Kaiming-normal weights and zero biases,
+        because N(0, 0.01) through five ReLU layers shrinks the signal and stalls early training
+        unless the learning rate is tuned by hand as the authors did.
+        """
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.constant_(m.bias, 1.0 if name.endswith(("fc6", "fc7")) else 0.0)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) normalised image -> (B, w5, pool_size, pool_size)."""
+        return self.avgpool(self.features(x))
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        """Pooled features -> class logits (B, N)."""
+        return self.classifier(torch.flatten(x, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# torchvision.models.alexnet's state-dict keys -> ours (its Sequential indices, no LRN).
+TORCHVISION_KEYS = {
+    "features.0": "features.conv1",
+    "features.3": "features.conv2",
+    "features.6": "features.conv3",
+    "features.8": "features.conv4",
+    "features.10": "features.conv5",
+    "classifier.1": "classifier.fc6",
+    "classifier.4": "classifier.fc7",
+    "classifier.6": "classifier.fc8",
+}
+
+
+def convert_torchvision_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename torchvision AlexNet weights to this module's layer names."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        prefix, _, param = key.rpartition(".")
+        if prefix not in TORCHVISION_KEYS:
+            raise KeyError(f"unexpected key in torchvision AlexNet state dict: {key!r}")
+        out[f"{TORCHVISION_KEYS[prefix]}.{param}"] = value
+    return out
