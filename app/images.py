@@ -1,0 +1,157 @@
+"""Safe image decoding: uploaded bytes -> the (C, H, W) float tensor a model card asks for.
+
+Shared by the service, the benchmark's LitServe contender and its in-process ceiling, so all
+three preprocess alike. Every fault of the input raises an `ImageError` subclass (never a bare
+Pillow or numpy exception), so the service can answer 4xx instead of 500.
+
+Order of work, each step chosen so a hostile upload costs little:
+1. open lazily (reads the header only) among a fixed list of formats;
+2. refuse a declared size over `max_pixels` before any pixel is decoded (decompression bombs);
+3. JPEG only: `draft()` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is that
+   much smaller, which is most of the cost of a big photo;
+4. first frame of animated GIF/WebP/multi-page TIFF;
+5. mode conversion (CMYK, 16-bit, palette, alpha over white), resize, crop, normalise.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from models.checkpoint import InputSpec
+
+# Pillow formats we accept; anything else is refused before a decoder plugin runs on it.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Alpha is composited onto white: uploads with transparency are usually dark ink on nothing.
+BACKGROUND = (255, 255, 255)
+
+
+class ImageError(ValueError):
+    """The upload cannot be turned into a model input; the message says why."""
+
+
+class EmptyImageError(ImageError):
+    """Zero bytes were uploaded."""
+
+
+class UnsupportedImageError(ImageError):
+    """Not an image in one of `FORMATS`."""
+
+
+class CorruptImageError(ImageError):
+    """A supported format whose data is truncated or damaged."""
+
+
+class ImageTooLargeError(ImageError):
+    """The declared size exceeds the pixel limit (decompression-bomb guard)."""
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Open `data` lazily, check format and declared size, select the first frame."""
+    if not data:
+        raise EmptyImageError("empty image file")
+    try:
+        im = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise UnsupportedImageError(
+            f"not a supported image; send one of {', '.join(FORMATS)}"
+        ) from None
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(f"image too large: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"cannot read image header: {e}") from None
+    width, height = im.size
+    if width < 1 or height < 1:
+        raise CorruptImageError(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)  # animated or multi-page: the first frame is the image
+    return im
+
+
+def _draft_size(im: Image.Image, spec: InputSpec) -> tuple[int, int]:
+    """Smallest (w, h) the resize step needs, so `draft()` never decodes below it."""
+    out_h, out_w = spec.size
+    if spec.resize is None:
+        return out_w, out_h
+    w, h = im.size
+    scale = spec.resize / min(w, h)
+    return max(out_w, int(w * scale) + 1), max(out_h, int(h * scale) + 1)
+
+
+def _to_mode(im: Image.Image, channels: int) -> Image.Image:
+    """Convert any Pillow mode to 'L' (channels 1) or 'RGB' (channels 3)."""
+    target = "L" if channels == 1 else "RGB"
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16/32-bit grey: Pillow's convert('L') clips at 255 instead of scaling, so scale here.
+        a = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(a * (255.0 / peak), 0, 255).round().astype(np.uint8), "L")
+    elif im.mode == "F":
+        a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0)
+        im = Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), "L")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        im = Image.alpha_composite(bg, rgba)
+    return im if im.mode == target else im.convert(target)
+
+
+def _resize_crop(im: Image.Image, spec: InputSpec) -> Image.Image:
+    """Resize as the spec says; torchvision's Resize/CenterCrop arithmetic, bilinear."""
+    out_h, out_w = spec.size
+    w, h = im.size
+    if spec.resize is None:
+        if (w, h) != (out_w, out_h):
+            im = im.resize((out_w, out_h), Image.Resampling.BILINEAR)
+        return im
+    short, long_ = (w, h) if w <= h else (h, w)
+    new_short, new_long = spec.resize, int(spec.resize * long_ / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        im = im.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    top = round((new_h - out_h) / 2.0)
+    left = round((new_w - out_w) / 2.0)
+    if (left, top, out_w, out_h) != (0, 0, new_w, new_h):
+        im = im.crop((left, top, left + out_w, top + out_h))  # pads with black if too small
+    return im
+
+
+def pil_to_tensor(im: Image.Image, spec: InputSpec) -> torch.Tensor:
+    """A decoded 'L'/'RGB' image already at `spec.size` -> normalised (C, H, W) float32."""
+    a = np.asarray(im, dtype=np.uint8)  # (H, W) or (H, W, 3), a view where Pillow allows
+    x = torch.from_numpy(a.copy() if not a.flags.writeable else a).to(torch.float32)
+    x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)  # (C, H, W)
+    x = x.div_(255.0)
+    if spec.invert:
+        x = x.neg_().add_(1.0)
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
+    return x.sub_(mean).div_(std).contiguous()
+
+
+def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> torch.Tensor:
+    """Decode an uploaded image into the (C, H, W) float32 tensor `spec` describes.
+
+    Raises `ImageError` (a subclass per fault) for anything that is not a usable image.
+    """
+    im = open_image(data, max_pixels)
+    try:
+        if im.format == "JPEG":
+            im.draft("L" if spec.channels == 1 else "RGB", _draft_size(im, spec))
+        im.load()
+        im = _resize_crop(_to_mode(im, spec.channels), spec)
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(f"image too large: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow reports truncated and damaged data as OSError/SyntaxError/ValueError.
+        raise CorruptImageError(f"corrupt or truncated image: {e}") from None
+    return pil_to_tensor(im, spec)
