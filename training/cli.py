@@ -1,0 +1,162 @@
+"""Command line: `python -m training {vae,alexnet} ...` trains and exports a checkpoint.
+
+Examples:
+    python -m training vae --dataset mnist --data-dir ../shared/datasets --epochs 100
+    python -m training alexnet --data-dir ../shared/datasets --epochs 30
+    torchrun --nproc-per-node 4 -m training alexnet --data-dir ... (same command, 4 GPUs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from training import alexnet, vae
+from training.loop import LoopOptions, fit, setup_distributed
+
+
+def _add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the shared loop, common to every model (defaults set per model)."""
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data"),
+        help="dataset root: holds MNIST/raw, frey_rawface.mat, cifar10/train (ImageFolder) or "
+        "is a .pack file (default: %(default)s)",
+    )
+    g.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download MNIST / CIFAR-10 into --data-dir",
+    )
+    g = p.add_argument_group("run")
+    g.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="metrics.jsonl, state.pt (resume only, never shipped), figures and export go here (default: runs/<model>-<dataset>)",
+    )
+    g.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        help="directory of the exported checkpoint, model.safetensors + config.json (default: <run-dir>/export)",
+    )
+    g.add_argument(
+        "--export-best",
+        action="store_true",
+        help="export after every epoch that improves the validation metric, and keep that one at the end",
+    )
+    g.add_argument(
+        "--resume", action="store_true", help="continue from <run-dir>/state.pt if it exists"
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the init, the shuffles and the validation split (default: %(default)s)",
+    )
+    g.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bars (they are also off when stderr is not a terminal)",
+    )
+    g = p.add_argument_group("optimisation")
+    g.add_argument(
+        "--epochs", type=int, help="passes over the training split (default: %(default)s)"
+    )
+    g.add_argument("--batch-size", type=int, help="minibatch per process (default: %(default)s)")
+    g.add_argument("--optimizer", choices=["adam", "adagrad", "sgd"], help="default: %(default)s")
+    g.add_argument(
+        "--lr", type=float, help="learning rate; the peak rate for onecycle (default: %(default)s)"
+    )
+    g.add_argument(
+        "--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)"
+    )
+    g.add_argument("--weight-decay", type=float, help="L2 weight decay (default: %(default)s)")
+    g.add_argument(
+        "--schedule",
+        choices=["constant", "onecycle", "cosine", "step"],
+        help="learning-rate schedule, stepped per batch; step: x0.1 at 50%% and 75%% of the run (default: %(default)s)",
+    )
+    g.add_argument(
+        "--clip-grad",
+        type=float,
+        default=None,
+        help="clip the gradient norm to this value (default: off)",
+    )
+    g = p.add_argument_group("hardware")
+    g.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda if available, else cpu), cpu, cuda, cuda:N; bf16 autocast and channels-last on CUDA only (default: %(default)s)",
+    )
+    g.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (slow start, faster steps)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole CLI."""
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train, evaluate and pack data for the AEVB VAE and AlexNet. "
+        "Multi-GPU / multi-node: run the same command under torchrun.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "vae",
+        help="train the AEVB variational autoencoder (MNIST or Frey Face)",
+        description="Train the VAE of Kingma & Welling (2013) and export a checkpoint.",
+    )
+    _add_training_arguments(p)
+    vae.add_arguments(p)
+    p = sub.add_parser(
+        "alexnet",
+        help="train AlexNet (CIFAR-10 or an ImageFolder tree)",
+        description="Train AlexNet (Krizhevsky et al. 2012) and export a checkpoint.",
+    )
+    _add_training_arguments(p)
+    alexnet.add_arguments(p)
+    return parser
+
+
+def _loop_options(args: argparse.Namespace) -> LoopOptions:
+    return LoopOptions(
+        run_dir=args.run_dir,
+        epochs=args.epochs,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        batch_size=args.batch_size,
+        clip_grad=args.clip_grad,
+        device=args.device,
+        compile=args.compile,
+        progress=args.progress,
+        resume=args.resume,
+        export=args.export,
+        export_best=args.export_best,
+        seed=args.seed,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command in ("vae", "alexnet"):
+        if args.run_dir is None:
+            args.run_dir = Path("runs") / f"{args.command}-{args.dataset}"
+        device, info = setup_distributed(args.device)
+        module = vae if args.command == "vae" else alexnet
+        task = module.build_task(args, device, info.world_size, info.rank)
+        card = fit(task, _loop_options(args), device, info)
+        if card is not None:
+            print(f"metrics: {card.metrics}", file=sys.stderr)
+        return 0
+    return 2

@@ -1,0 +1,366 @@
+"""The one training loop every model shares: device, AMP, DDP, checkpointing, logging.
+
+A model module (`training/vae.py`, `training/alexnet.py`) builds a `Task`: the model, its
+batches, a step function returning the loss, an evaluation function and a card builder. `fit`
+does the rest, the same way on one CPU or many GPUs under torchrun:
+
+    torchrun --nproc-per-node 8 -m training alexnet ...
+
+Only rank 0 writes files (metrics.jsonl, state.pt, the exported checkpoint, figures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from models.checkpoint import ModelCard, save_checkpoint
+
+# (model, batch) -> (mean loss over the batch, number of examples in it)
+StepFn = Callable[[nn.Module, Any], tuple[Tensor, int]]
+
+
+class Batches(Protocol):
+    """What `train` iterates: batches, a length, and a per-epoch reshuffle."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+    def __len__(self) -> int: ...
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+@dataclass
+class Task:
+    """Everything model-specific the shared loop needs."""
+
+    model: nn.Module
+    train_batches: Batches
+    step_fn: StepFn
+    # (raw model, epoch) -> metrics of the held-out split; runs on rank 0 only, under no_grad
+    evaluate: Callable[[nn.Module, int], dict[str, float]]
+    # (metrics, training settings) -> the model card to export
+    make_card: Callable[[dict[str, float], dict[str, Any]], ModelCard]
+    # metric deciding "best so far" and whether larger is better
+    best_metric: tuple[str, bool]
+    # (raw model, run dir) -> None: pictures at the end of training
+    make_figures: Callable[[nn.Module, Path], None] | None = None
+    # extra settings recorded in the card's `training` section
+    extra_training: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoopOptions:
+    """Settings of the shared loop (the CLI's common options)."""
+
+    run_dir: Path
+    epochs: int
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    batch_size: int = 100
+    clip_grad: float | None = None
+    device: str = "auto"
+    compile: bool = False
+    progress: bool = True
+    resume: bool = False
+    export: Path | None = None
+    export_best: bool = False
+    seed: int = 0
+
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / "state.pt"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.export or self.run_dir / "export"
+
+
+@dataclass
+class DistInfo:
+    """This process's place in a torchrun job (1, 0, 0 when run alone)."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' -> cuda if available else cpu; a bare 'cuda' picks this process's local GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def setup_distributed(device_name: str = "auto") -> tuple[torch.device, DistInfo]:
+    """Read torchrun's env vars, pick the device, and join the process group if world > 1."""
+    info = DistInfo(
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        rank=int(os.environ.get("RANK", "0")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+    device = select_device(device_name, info.local_rank)
+    if info.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, info
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_optimizer(params: Iterable[nn.Parameter], opts: LoopOptions) -> torch.optim.Optimizer:
+    """Adam, Adagrad or SGD with momentum, from the options."""
+    if opts.optimizer == "adam":
+        return torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    if opts.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    if opts.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=opts.lr,
+            momentum=opts.momentum,
+            weight_decay=opts.weight_decay,
+            nesterov=False,
+        )
+    raise ValueError(f"unknown optimizer {opts.optimizer!r}")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, opts: LoopOptions, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A learning-rate schedule stepped once per batch, over the whole run."""
+    total = max(1, opts.epochs * steps_per_epoch)
+    if opts.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, total_steps=total)
+    if opts.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if opts.schedule == "step":  # x0.1 at half and three quarters of the run
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=[total // 2, (3 * total) // 4], gamma=0.1
+        )
+    if opts.schedule == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    raise ValueError(f"unknown schedule {opts.schedule!r}")
+
+
+def _all_reduce_sum(values: Tensor) -> Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(values)
+    return values
+
+
+def train(
+    batches: Batches,
+    model: nn.Module,
+    step_fn: StepFn,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    device: torch.device,
+    opts: LoopOptions,
+    show_progress: bool = True,
+) -> float:
+    """One epoch over `batches`; returns the example-weighted mean loss over all ranks."""
+    from tqdm import tqdm
+
+    model.train()
+    # running sums stay on the device: no host sync per step, only when the bar refreshes
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # (loss * n, n)
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{opts.epochs}", disable=not show_progress)
+    for i, batch in enumerate(bar):
+        with autocast(device):
+            loss, n = step_fn(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if opts.clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
+        optimizer.step()
+        scheduler.step()
+        totals[0] += loss.detach().double() * n
+        totals[1] += n
+        if show_progress and i % 20 == 0:
+            bar.set_postfix(loss=f"{(totals[0] / totals[1]).item():.4g}")
+    totals = _all_reduce_sum(totals)
+    return (totals[0] / totals[1].clamp_min(1)).item()
+
+
+def machine_info(device: torch.device, world_size: int) -> dict[str, Any]:
+    """Where the run trained, for the card."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "device": str(device.type),
+        "device_name": name or platform.machine(),
+        "world_size": world_size,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write the resumable state atomically (a crash mid-write keeps the previous file)."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> ModelCard | None:
+    """Train `task` for opts.epochs, logging, checkpointing and exporting; rank 0 returns the card.
+
+    `device` and `info` come from `setup_distributed`, called before the task is built so the
+    task can put its data on the device and shard it.
+    """
+    show = opts.progress and info.is_main and sys.stderr.isatty()
+    raw = task.model.to(device)
+    if device.type == "cuda":
+        raw = raw.to(memory_format=torch.channels_last)  # faster convolutions with bf16
+    model: nn.Module = raw
+    if info.world_size > 1:
+        model = DistributedDataParallel(
+            raw, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if opts.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+
+    optimizer = build_optimizer(raw.parameters(), opts)
+    scheduler = build_scheduler(optimizer, opts, len(task.train_batches))
+    start_epoch, elapsed = 0, 0.0
+    best: float | None = None
+    metrics: dict[str, float] = {}
+    if opts.resume and opts.state_path.is_file():
+        state = torch.load(opts.state_path, map_location="cpu", weights_only=True)
+        raw.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state["epochs"] == opts.epochs:
+            scheduler.load_state_dict(state["scheduler"])
+        else:  # a longer (or shorter) run: the new schedule, advanced to where we stand
+            with warnings.catch_warnings():  # "step() before optimizer.step()": intended here
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(state["epoch"] * len(task.train_batches)):
+                    scheduler.step()
+        start_epoch, elapsed, best = state["epoch"], state["elapsed_s"], state["best"]
+        metrics = state["metrics"]
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        if info.is_main:
+            print(f"resumed from {opts.state_path} at epoch {start_epoch}", file=sys.stderr)
+    elif opts.resume and info.is_main:
+        print(f"no {opts.state_path} to resume from; starting afresh", file=sys.stderr)
+
+    if info.is_main:
+        opts.run_dir.mkdir(parents=True, exist_ok=True)
+    key, larger_better = task.best_metric
+    settings = {
+        "epochs": opts.epochs,
+        "batch_size": opts.batch_size,
+        "global_batch_size": opts.batch_size * info.world_size,
+        "optimizer": opts.optimizer,
+        "lr": opts.lr,
+        "momentum": opts.momentum if opts.optimizer == "sgd" else None,
+        "weight_decay": opts.weight_decay,
+        "schedule": opts.schedule,
+        "clip_grad": opts.clip_grad,
+        "bf16_autocast": device.type == "cuda",
+        "compile": opts.compile,
+        "seed": opts.seed,
+        "machine": machine_info(device, info.world_size),
+        **task.extra_training,
+    }
+
+    def export(epoch_metrics: dict[str, float], epochs_done: int) -> ModelCard:
+        training = {**settings, "epochs_completed": epochs_done, "wall_time_s": round(elapsed, 1)}
+        return save_checkpoint(opts.export_dir, raw, task.make_card(epoch_metrics, training))
+
+    card = None
+    for epoch in range(start_epoch, opts.epochs):
+        task.train_batches.set_epoch(epoch)
+        t0 = time.perf_counter()
+        loss = train(
+            task.train_batches, model, task.step_fn, optimizer, scheduler, epoch, device, opts, show
+        )
+        train_s = time.perf_counter() - t0
+        if info.is_main:
+            raw.eval()
+            with torch.no_grad():
+                metrics = {"train_loss": loss, **task.evaluate(raw, epoch)}
+            elapsed += time.perf_counter() - t0
+            line = {
+                "epoch": epoch + 1,
+                **metrics,
+                "lr": scheduler.get_last_lr()[0],
+                "epoch_s": round(train_s, 2),
+                "elapsed_s": round(elapsed, 1),
+            }
+            with (opts.run_dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(line) + "\n")
+            print(
+                " ".join(
+                    f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()
+                ),
+                file=sys.stderr,
+            )
+            value = metrics.get(key, math.nan)
+            improved = best is None or (value > best if larger_better else value < best)
+            if improved:
+                best = value
+                if opts.export_best:
+                    card = export(metrics, epoch + 1)
+            state = {
+                "model": raw.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "epochs": opts.epochs,
+                "elapsed_s": elapsed,
+                "best": best,
+                "metrics": metrics,
+                "rng_cpu": torch.get_rng_state(),
+            }
+            if device.type == "cuda":
+                state["rng_cuda"] = torch.cuda.get_rng_state(device)
+            save_state(opts.state_path, state)
+        if dist.is_initialized():
+            dist.barrier()
+
+    if info.is_main:
+        # with --export-best the best epoch's export stays (possibly from before a resume)
+        if not (opts.export_best and (opts.export_dir / "config.json").is_file()):
+            card = export(metrics, opts.epochs)
+        if task.make_figures is not None:
+            raw.eval()
+            task.make_figures(raw, opts.run_dir)
+        print(f"exported {opts.export_dir}", file=sys.stderr)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return card if info.is_main else None

@@ -1,0 +1,154 @@
+"""What is specific to training the AEVB VAE: data (MNIST, Frey Face), loss, evaluation, card."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from models.checkpoint import DatasetInfo, InputSpec, ModelCard
+from models.vae import VAE, VAEConfig
+from training.data import TensorBatches, load_frey, load_mnist, split_indices
+from training.loop import Task
+
+TEST_BINARIZE_SEED = 0  # the MNIST test set is binarised once, with this seed
+EVAL_SEED = 1  # fixed sample for the per-epoch test ELBO, so epochs compare like with like
+DEFAULT_HIDDEN = {"mnist": 500, "frey": 200}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The `vae` subcommand's model-specific options."""
+    p.add_argument(
+        "--dataset",
+        choices=["mnist", "frey"],
+        default="mnist",
+        help="mnist: Bernoulli decoder, dynamic binarisation; frey: Frey Face, Gaussian decoder (default: mnist)",
+    )
+    p.add_argument(
+        "--latent",
+        type=int,
+        default=20,
+        help="latent size Nz (paper: 3, 5, 10, 20, 200; default: 20)",
+    )
+    p.add_argument(
+        "--hidden",
+        type=int,
+        default=None,
+        help="hidden units per layer (default: 500 for MNIST, 200 for Frey Face, as in the paper)",
+    )
+    p.add_argument(
+        "--depth",
+        type=int,
+        default=1,
+        help="hidden layers in encoder and decoder (1 = the paper; default: 1)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="Frey Face only: fraction held out for validation, seeded by --seed (default: 0.1)",
+    )
+    p.set_defaults(
+        optimizer="adam", lr=1e-3, batch_size=100, epochs=100, schedule="constant", weight_decay=0.0
+    )
+
+
+def evaluate_elbo(model: VAE, x: Tensor, batch_size: int = 1000, seed: int = EVAL_SEED) -> float:
+    """Mean one-sample ELBO (nats per image) of `x` (N, H, W) in [0, 1], with a fixed sample."""
+    p = next(model.parameters())
+    g = torch.Generator(device=p.device).manual_seed(seed)
+    total = 0.0
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].to(p.device, torch.float32)
+        total += model.elbo_terms(xb, generator=g).elbo.double().sum().item()
+    return total / len(x)
+
+
+def binarize_fixed(x_uint8: Tensor, seed: int = TEST_BINARIZE_SEED) -> Tensor:
+    """Binarise grey levels once: each pixel ~ Bernoulli(grey / 255), seeded; (N, H, W) float."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(x_uint8.float() / 255, generator=g)
+
+
+def build_task(args: argparse.Namespace, device: torch.device, world_size: int, rank: int) -> Task:
+    """The VAE training task for `args` (see `add_arguments`)."""
+    data_dir = Path(args.data_dir)
+    hidden = args.hidden or DEFAULT_HIDDEN[args.dataset]
+    if args.dataset == "mnist":
+        train_u8, _ = load_mnist(data_dir, train=True, download=args.download)
+        test_u8, _ = load_mnist(data_dir, train=False, download=args.download)
+        train_x = train_u8.float().div_(255).to(device)  # (60000, 28, 28) grey levels
+        eval_x = binarize_fixed(test_u8)  # (10000, 28, 28) in {0, 1}
+        likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+        eval_name = "test"
+        dataset = DatasetInfo(
+            name="mnist",
+            train_split="train (60,000), dynamically binarised: pixel ~ Bernoulli(grey level), redrawn each epoch",
+            eval_split=f"test (10,000), binarised once with seed {TEST_BINARIZE_SEED}",
+            seed=TEST_BINARIZE_SEED,
+        )
+    else:
+        faces = load_frey(data_dir).float().div_(255)  # (1965, 28, 20) in [0, 1]
+        n_val = round(len(faces) * args.val_fraction)
+        tr, va = split_indices(len(faces), n_val, args.seed)
+        train_x, eval_x = faces[tr].to(device), faces[va]
+        likelihood, eval_name = "gaussian", "val"
+        dataset = DatasetInfo(
+            name="frey-face",
+            train_split=f"{len(tr)} of {len(faces)} images (seeded random split, seed {args.seed})",
+            eval_split=f"val: the other {len(va)} images",
+            seed=args.seed,
+        )
+    config = VAEConfig(
+        image_shape=tuple(train_x.shape[1:]),  # type: ignore[arg-type]
+        hidden=hidden,
+        latent=args.latent,
+        likelihood=likelihood,
+        depth=args.depth,
+    )
+    torch.manual_seed(args.seed)
+    model = VAE(config)
+    batches = TensorBatches(
+        [train_x], args.batch_size, seed=args.seed, world_size=world_size, rank=rank
+    )
+    binary = likelihood == "bernoulli"
+
+    def step(m: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, int]:
+        x = batch[0]
+        if binary:  # dynamic binarisation: a fresh Bernoulli draw every time x is seen
+            x = torch.bernoulli(x)
+        return m(x), len(x)  # VAE.forward = -ELBO, mean over the batch
+
+    def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:
+        return {f"{eval_name}_elbo": evaluate_elbo(m, eval_x)}  # type: ignore[arg-type]
+
+    def make_card(metrics: dict[str, float], training: dict[str, Any]) -> ModelCard:
+        out = {k: v for k, v in metrics.items() if k != "train_loss"}
+        if "train_loss" in metrics:
+            out["train_elbo"] = -metrics["train_loss"]
+        return ModelCard(
+            name=f"vae-{args.dataset}",
+            architecture="vae",
+            config=config.to_dict(),
+            task="generation",
+            input=InputSpec(
+                channels=1, size=config.image_shape, resize=None, mean=[0.0], std=[1.0]
+            ),
+            dataset=dataset,
+            metrics={k: v for k, v in out.items() if math.isfinite(v)},
+            training={**training, "samples_per_datapoint": 1},
+        )
+
+    return Task(
+        model=model,
+        train_batches=batches,
+        step_fn=step,
+        evaluate=evaluate,
+        make_card=make_card,
+        best_metric=(f"{eval_name}_elbo", True),
+        extra_training={"objective": "SGVB lower bound (paper eq. 10), KL in closed form"},
+    )
