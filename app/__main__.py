@@ -1,0 +1,30 @@
+"""`python -m app`: serve with host, port, log level and grace period from the settings."""
+
+from __future__ import annotations
+
+import os
+
+import uvicorn
+from pydantic import ValidationError
+
+from app.settings import Settings
+
+
+def main() -> None:
+    """Run uvicorn; WEB_CONCURRENCY workers (default 1)."""
+    try:
+        s = Settings()
+    except ValidationError as e:
+        raise SystemExit(f"invalid MODELSERVE_* settings:\n{e}") from None
+    uvicorn.run(
+        "app.main:app",
+        host=s.host,
+        port=s.port,
+        workers=int(os.environ.get("WEB_CONCURRENCY", "1")),
+        log_level=s.log_level.lower(),
+        timeout_graceful_shutdown=int(s.graceful_timeout_s),
+    )
+
+
+if __name__ == "__main__":
+    main()

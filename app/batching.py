@@ -1,0 +1,211 @@
+"""Dynamic batching: items submitted by concurrent requests run as one batched call.
+
+One `Batcher` per (model, operation). Requests put their items in a bounded queue and await one
+future per item; a worker task on the event loop takes up to `max_batch_size` items, runs the
+batched function in an executor thread (so HTTP keeps flowing while the model computes) and
+sets each future with its own output, so results go back in order.
+
+When to wait for more items: a request arriving at an idle server runs at once (it waits for
+nothing). Waiting `max_wait_s` to fill a batch only pays when others are likely to arrive, so
+the worker waits only while under load: the last batch held several items, or items queued up
+while it ran. Under steady load batches fill from the queue that builds during each forward.
+
+Overload: the queue holds at most `max_queue` items; a submit that would overflow it raises
+`Overloaded` (503 + Retry-After) and the admitted items still complete. Deadline: a submit
+that outlives `timeout` raises `DeadlineExceeded` (504) and cancels its futures; cancelled
+items still in the queue are dropped before a batch forms, so abandoned work never runs. A
+request cancelled for any reason (client gone) cancels its futures the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class Overloaded(Exception):
+    """The queue is full (or the batcher is stopping); retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(Exception):
+    """A request's items did not complete within its timeout."""
+
+
+@dataclass
+class BatchStats:
+    """What one batched call did; passed to the observer."""
+
+    size: int
+    seconds: float
+    error: BaseException | None
+
+
+class Batcher(Generic[In, Out]):
+    """Runs `fn(items) -> outputs` (same length, same order) on batches of queued items."""
+
+    def __init__(
+        self,
+        fn: Callable[[list[In]], list[Out]],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        executor: Executor | None = None,
+        observer: Callable[[BatchStats], None] | None = None,
+        on_queue: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if not 0 <= max_wait_s < 60:
+            raise ValueError(f"max_wait_s must be in [0, 60), got {max_wait_s}")
+        if max_queue < max_batch_size:
+            raise ValueError(
+                f"max_queue ({max_queue}) must be >= max_batch_size ({max_batch_size})"
+            )
+        self.fn = fn
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self._executor = executor
+        self._observer = observer
+        self._on_queue = on_queue
+        self._queue: deque[tuple[In, asyncio.Future[Out]]] = deque()
+        self._arrived = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._under_load = False
+        self._batch_seconds = 0.01  # running mean, for Retry-After
+        self._closed = False
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker task on the running event loop."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Refuse new items, let queued ones finish, then stop the worker."""
+        self._closed = True
+        while self._queue and self._worker is not None and not self._worker.done():
+            await asyncio.sleep(0.01)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # --- submit ------------------------------------------------------------------------
+    async def submit(self, items: Sequence[In], timeout: float | None = None) -> list[Out]:
+        """Queue `items`, wait for all of them, return their outputs in order."""
+        if not items:
+            return []
+        if self._closed:
+            raise Overloaded("the service is shutting down", retry_after=1)
+        if len(self._queue) + len(items) > self.max_queue:
+            raise Overloaded(
+                f"server overloaded: {len(self._queue)} items queued (limit {self.max_queue})",
+                retry_after=self._retry_after(),
+            )
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self._queue.extend(zip(items, futures, strict=True))
+        self._queue_changed()
+        self._arrived.set()
+        try:
+            async with asyncio.timeout(timeout):
+                return list(await asyncio.gather(*futures))
+        except TimeoutError:
+            raise DeadlineExceeded(f"inference did not finish within {timeout:g} s") from None
+        finally:
+            for f in futures:
+                f.cancel()  # no-op on done futures; drops items not yet in a batch
+
+    def _retry_after(self) -> int:
+        batches_ahead = math.ceil(len(self._queue) / self.max_batch_size)
+        return max(1, math.ceil(batches_ahead * self._batch_seconds))
+
+    def _queue_changed(self) -> None:
+        if self._on_queue is not None:
+            self._on_queue(len(self._queue))
+
+    # --- worker ------------------------------------------------------------------------
+    def _live(self) -> int:
+        """Drop cancelled items from the head; count items still wanted."""
+        while self._queue and self._queue[0][1].done():
+            self._queue.popleft()
+        return sum(1 for _, f in self._queue if not f.done())
+
+    async def _fill(self) -> None:
+        """Under load, wait up to max_wait_s for the batch to fill."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        while self._live() < self.max_batch_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
+
+    def _take(self) -> list[tuple[In, asyncio.Future[Out]]]:
+        batch: list[tuple[In, asyncio.Future[Out]]] = []
+        while self._queue and len(batch) < self.max_batch_size:
+            item, fut = self._queue.popleft()
+            if not fut.done():
+                batch.append((item, fut))
+        self._queue_changed()
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            if self._under_load and self.max_wait_s > 0:
+                await self._fill()
+            batch = self._take()
+            if not batch:
+                continue
+            items = [item for item, _ in batch]
+            start = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                outputs = await loop.run_in_executor(self._executor, self.fn, items)
+                if len(outputs) != len(items):
+                    raise RuntimeError(f"batch of {len(items)} returned {len(outputs)} outputs")
+            except asyncio.CancelledError:
+                for _, fut in batch:
+                    fut.cancel()
+                raise
+            except Exception as e:  # the batch fails, the worker and other batches go on
+                error = e
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+            else:
+                for (_, fut), out in zip(batch, outputs, strict=True):
+                    if not fut.done():
+                        fut.set_result(out)
+            seconds = time.perf_counter() - start
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
+            self._under_load = len(batch) > 1 or self._live() > 0
+            if self._observer is not None:
+                self._observer(BatchStats(len(batch), seconds, error))

@@ -1,0 +1,100 @@
+"""The FastAPI application: `create_app(settings)` and its lifespan.
+
+`uvicorn app.main:app` works: the module-level `app` is built on first access (module
+`__getattr__`), so importing this module reads no environment and tests build their own apps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import torch
+from fastapi import Depends, FastAPI
+from pydantic import ValidationError
+
+from app import errors
+from app.deps import require_api_key
+from app.logs import configure_logging
+from app.metrics import Metrics
+from app.middleware import ServingMiddleware
+from app.registry import Registry, default_threads
+from app.routes import classify, health, models, vae
+from app.settings import Settings
+
+log = logging.getLogger("app.main")
+
+try:
+    __version__ = version("modelserve")
+except PackageNotFoundError:  # running from a checkout without `pip install -e .`
+    __version__ = "0.0.0+local"
+
+DESCRIPTION = """Serving for AlexNet (classification) and the AEVB variational autoencoder.
+Errors are JSON `{"detail", "status", "request_id"}`; every response carries `X-Request-ID`."""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load models (in the background unless require_all_models), serve, then drain."""
+    settings: Settings = app.state.settings
+    configure_logging(settings.log_level, settings.log_format)
+    torch.set_num_threads(settings.torch_threads or default_threads())
+    app.state.metrics.set_build_info(__version__, torch.__version__)
+    registry = Registry(settings, app.state.metrics)
+    app.state.registry = registry
+    log.info(
+        "loading %d model(s) from %s on %s", len(registry.dirs), settings.model_dir, registry.device
+    )
+    task: asyncio.Task[None] | None = None
+    if settings.require_all_models:
+        await registry.load()
+        if registry.failed:
+            await registry.close()
+            raise RuntimeError(f"require_all_models: failed to load {registry.failed}")
+    else:
+        # /healthz answers at once; /readyz turns 200 when loading and warm-up are done.
+        task = asyncio.create_task(registry.load())
+    try:
+        yield
+    finally:
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await registry.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; `settings` defaults to the environment (MODELSERVE_*)."""
+    settings = settings if settings is not None else Settings()
+    app = FastAPI(
+        title="modelserve", version=__version__, description=DESCRIPTION, lifespan=lifespan
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    errors.install(app)
+    auth = [Depends(require_api_key)]
+    for router in (classify.router, vae.router, models.router):
+        app.include_router(router, dependencies=auth)
+    app.include_router(health.router, dependencies=[] if settings.open_probes else auth)
+    app.add_middleware(
+        ServingMiddleware, metrics=app.state.metrics, max_body=settings.max_upload_bytes
+    )
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """`app.main.app`: built once, from the environment, on first access (uvicorn)."""
+    if name != "app":
+        raise AttributeError(name)
+    try:
+        built = create_app()
+    except ValidationError as e:
+        raise SystemExit(f"invalid MODELSERVE_* settings:\n{e}") from None
+    globals()["app"] = built
+    return built

@@ -1,0 +1,274 @@
+"""Per-kind predictors: the hooks between HTTP payloads and a loaded model (after LitServe).
+
+Each predictor has `setup` (load and place the model), `decode_request` (payload -> one CPU
+tensor per item; runs in a thread pool, many at once), `predict` (one batched forward of a
+named operation, on the inference thread) and `encode_response` (outputs -> response schema).
+Routes call these hooks and never touch torch; `app.registry` owns batching.
+Shapes: B batch, C/H/W image, N classes, Z latent, D = H*W pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from app import schemas
+from app.images import decode_image
+from models.checkpoint import ModelCard, load_checkpoint
+
+
+class PayloadError(ValueError):
+    """A well-formed request whose values do not fit the model (answered 422)."""
+
+
+class Predictor(ABC):
+    """A loaded model and the hooks that serve it."""
+
+    kind: ClassVar[str]
+    ops: ClassVar[tuple[str, ...]]
+
+    def __init__(self, model: nn.Module, card: ModelCard, device: torch.device) -> None:
+        self.model = model
+        self.card = card
+        self.device = device
+        self.name = card.name
+
+    @classmethod
+    def setup(
+        cls,
+        directory: Path,
+        device: torch.device,
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> Predictor:
+        """Load a verified checkpoint onto `device` and build the predictor of its kind."""
+        model, card = load_checkpoint(directory, device)
+        predictor_cls = PREDICTORS[card.architecture]
+        model.requires_grad_(False)
+        if channels_last and predictor_cls.kind == "classifier":
+            model = model.to(memory_format=torch.channels_last)
+        predictor = predictor_cls(model, card, device)
+        if compile:
+            predictor.model = torch.compile(model)  # type: ignore[assignment]
+        return predictor
+
+    def batch_fn(self, op: str) -> Callable[[list[Any]], list[Any]]:
+        """The batched function of operation `op` (runs on the inference thread)."""
+        fns: dict[str, Callable[[list[Any]], list[Any]]] = {
+            "classify": self.predict_classify,
+            "encode": self.predict_encode,
+            "decode": self.predict_decode,
+        }
+        return fns[op]
+
+    def _to_device(self, items: list[Tensor]) -> Tensor:
+        """Stack CPU items into one batch and move it once (pinned, async on CUDA)."""
+        x = torch.stack(items)
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        return x
+
+    @abstractmethod
+    def warmup(self, max_batch_size: int) -> None:
+        """Run every operation at batch 1 and at the largest batch, so first requests are fast."""
+
+    def predict_classify(self, items: list[Tensor]) -> list[Tensor]:
+        raise NotImplementedError(f"{self.kind} does not classify")
+
+    def predict_encode(self, items: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        raise NotImplementedError(f"{self.kind} does not encode")
+
+    def predict_decode(self, items: list[Tensor]) -> list[Tensor]:
+        raise NotImplementedError(f"{self.kind} does not decode")
+
+    def decode_image(self, data: bytes, max_pixels: int) -> Tensor:
+        """Uploaded bytes -> the model's (C, H, W) input, as the card's input spec says."""
+        return decode_image(data, self.card.input, max_pixels)
+
+    def info(self, default: bool) -> schemas.ModelInfo:
+        """The card as the API shows it."""
+        c = self.card
+        spec = schemas.InputSpecInfo(
+            **c.input.model_dump(exclude={"size"}), size=list(c.input.size)
+        )
+        return schemas.ModelInfo(
+            name=c.name,
+            kind=self.kind,  # type: ignore[arg-type]
+            architecture=c.architecture,
+            task=c.task,
+            dataset=c.dataset.model_dump(),
+            metrics=c.metrics,
+            input=spec,
+            labels=c.labels,
+            config=c.config,
+            num_parameters=c.num_parameters,
+            weights_sha256=c.weights_sha256,
+            code_version=c.code_version,
+            created_at=c.created_at,
+            device=str(self.device),
+            default=default,
+        )
+
+
+class ClassifierPredictor(Predictor):
+    """AlexNet: image -> softmax over the card's labels."""
+
+    kind = "classifier"
+    ops = ("classify",)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.card.config.get("num_classes", len(self.card.labels)))
+
+    @torch.inference_mode()
+    def predict_classify(self, items: list[Tensor]) -> list[Tensor]:
+        x = self._to_device(items).contiguous(memory_format=torch.channels_last)  # (B, C, H, W)
+        probs = torch.softmax(self.model(x).float(), dim=1).cpu()  # (B, N), one sync per batch
+        return list(probs.unbind(0))
+
+    def warmup(self, max_batch_size: int) -> None:
+        c, (h, w) = self.card.input.channels, self.card.input.size
+        for b in sorted({1, max_batch_size}):
+            self.predict_classify([torch.zeros(c, h, w)] * b)
+
+    def encode_response(self, probs: Tensor, top_k: int) -> schemas.ClassifyResult:
+        """(N,) probabilities -> the top_k classes, most probable first."""
+        p, idx = probs.topk(top_k)
+        labels = self.card.labels
+        return schemas.ClassifyResult(
+            predictions=[
+                schemas.Prediction(
+                    label=labels[i] if i < len(labels) else str(i), index=i, probability=q
+                )
+                for q, i in zip(p.tolist(), idx.tolist(), strict=True)
+            ]
+        )
+
+
+class VAEPredictor(Predictor):
+    """AEVB VAE: encode images to q(z|x), decode latent codes to mean images."""
+
+    kind = "vae"
+    ops = ("encode", "decode")
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.model_config("latent"))
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        h, w = self.model_config("image_shape")
+        return int(h), int(w)
+
+    def model_config(self, key: str) -> Any:
+        return self.card.config[key]
+
+    @torch.inference_mode()
+    def predict_encode(self, items: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        x = self._to_device(items)  # (B, 1, H, W) in the model's [0, 1] space
+        # (B, Z) each
+        mean, log_var = self.model.encode(x)  # type: ignore[operator]
+        mean, log_var = mean.float().cpu(), log_var.float().cpu()
+        return list(zip(mean.unbind(0), log_var.unbind(0), strict=True))
+
+    @torch.inference_mode()
+    def predict_decode(self, items: list[Tensor]) -> list[Tensor]:
+        z = self._to_device(items)  # (B, Z)
+        # (B, D) decoder means, one device-to-host copy per batch
+        images = self.model.decode(z).float().flatten(1).cpu()  # type: ignore[operator]
+        return list(images.unbind(0))
+
+    def warmup(self, max_batch_size: int) -> None:
+        h, w = self.image_shape
+        for b in sorted({1, max_batch_size}):
+            self.predict_encode([torch.zeros(1, h, w)] * b)
+            self.predict_decode([torch.zeros(self.latent_dim)] * b)
+
+    # --- decode_request ----------------------------------------------------------------
+    def decode_pixels(self, pixels: list[Any]) -> list[Tensor]:
+        """JSON pixels ((B, D), (H, W) or (B, H, W), values in [0, 1]) -> B tensors (1, H, W)."""
+        h, w = self.image_shape
+        a = np.asarray(pixels, dtype=np.float32)
+        if a.dtype == object or a.size == 0:
+            raise PayloadError("pixels must be a non-empty rectangular array")
+        if a.ndim == 2 and a.shape == (h, w) and h * w != a.shape[1]:
+            a = a[None]  # one image given as H rows of W values
+        elif a.ndim == 2 and a.shape[1] == h * w:
+            a = a.reshape(-1, h, w)
+        if a.ndim != 3 or a.shape[1:] != (h, w):
+            raise PayloadError(
+                f"pixels have shape {list(np.shape(pixels))}; model {self.name} takes "
+                f"(B, {h * w}) flat rows, ({h}, {w}) or (B, {h}, {w})"
+            )
+        return list(torch.from_numpy(a).unsqueeze(1).unbind(0))
+
+    def decode_latents(self, z: list[list[float]]) -> list[Tensor]:
+        """JSON z rows -> B tensors (Z,); every row must have latent_dim values."""
+        bad = [i for i, row in enumerate(z) if len(row) != self.latent_dim]
+        if bad:
+            raise PayloadError(
+                f"model {self.name} has latent_dim {self.latent_dim}; row {bad[0]} has "
+                f"{len(z[bad[0]])} values"
+            )
+        return list(torch.tensor(z, dtype=torch.float32).unbind(0))
+
+    def prior_latents(self, n: int, seed: int) -> list[Tensor]:
+        """n draws of z ~ N(0, I) from `seed`: the same seed gives the same codes anywhere."""
+        g = torch.Generator().manual_seed(seed)
+        return list(torch.randn((n, self.latent_dim), generator=g).unbind(0))
+
+    # --- encode_response ---------------------------------------------------------------
+    def encode_response(
+        self, outputs: list[tuple[Tensor, Tensor]], sample: bool, seed: int | None
+    ) -> schemas.EncodeResponse:
+        """Posterior (mean, log_var) per image -> response; z = mean + sigma * eps if sample."""
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        results = []
+        for mean, log_var in outputs:
+            z = None
+            if sample:
+                eps = torch.randn(mean.shape, generator=g)
+                z = (mean + torch.exp(0.5 * log_var) * eps).tolist()
+            results.append(schemas.EncodeResult(mean=mean.tolist(), log_var=log_var.tolist(), z=z))
+        return schemas.EncodeResponse(model=self.name, latent_dim=self.latent_dim, results=results)
+
+    def images_json(self, images: list[Tensor]) -> schemas.DecodeResponse:
+        """(D,) mean images -> JSON rows at full float32 precision."""
+        return schemas.DecodeResponse(
+            model=self.name, shape=list(self.image_shape), images=[im.tolist() for im in images]
+        )
+
+    def images_png(self, images: list[Tensor]) -> bytes:
+        """(D,) mean images -> one PNG: the image itself, or a grid with 2-pixel gaps."""
+        return png_grid(torch.stack(images).view(-1, *self.image_shape).numpy())
+
+
+def png_grid(images: np.ndarray, pad: int = 2) -> bytes:
+    """(B, H, W) values in [0, 1] -> PNG bytes; B > 1 tiles a near-square grid, row-major."""
+    b, h, w = images.shape
+    pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+    if b == 1:
+        grid = pixels[0]
+    else:
+        cols = math.ceil(math.sqrt(b))
+        rows = math.ceil(b / cols)
+        grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.uint8)
+        for i in range(b):
+            r, c = divmod(i, cols)
+            top, left = pad + r * (h + pad), pad + c * (w + pad)
+            grid[top : top + h, left : left + w] = pixels[i]
+    buf = io.BytesIO()
+    Image.fromarray(grid, "L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+PREDICTORS: dict[str, type[Predictor]] = {"alexnet": ClassifierPredictor, "vae": VAEPredictor}

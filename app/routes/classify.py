@@ -1,0 +1,50 @@
+"""POST /classify: top-k classes of one or several uploaded images."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+
+from app.deps import RegistryDep, SettingsDep
+from app.routes.uploads import ERRORS, decode_uploads
+from app.schemas import ClassifyBatchResponse, ClassifyResponse
+
+router = APIRouter(tags=["classify"])
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse | ClassifyBatchResponse,
+    responses=ERRORS,
+    summary="Classify images",
+)
+async def classify(
+    registry: RegistryDep,
+    settings: SettingsDep,
+    image: Annotated[
+        list[UploadFile],
+        File(description="One or more image parts (JPEG, PNG, WebP, GIF, BMP, TIFF)"),
+    ],
+    top_k: Annotated[
+        int | None,
+        Query(ge=1, description="Classes per image (default min(5, classes))", examples=[5]),
+    ] = None,
+    model: Annotated[
+        str | None, Query(description="Classifier name (default: the configured one)")
+    ] = None,
+) -> ClassifyResponse | ClassifyBatchResponse:
+    """One `image` part answers `{model, predictions}`; several answer `{model, results}`
+    with one `{predictions}` per part, in upload order."""
+    predictor = registry.classifier(model)
+    k = top_k if top_k is not None else min(5, predictor.num_classes)
+    if k > predictor.num_classes:
+        raise HTTPException(
+            422, f"top_k={k} exceeds the {predictor.num_classes} classes of {predictor.name}"
+        )
+    inputs = await decode_uploads(image, predictor, settings)
+    probs = await registry.infer(predictor, "classify", inputs)
+    results = [predictor.encode_response(p, k) for p in probs]
+    if len(results) == 1:
+        return ClassifyResponse(model=predictor.name, predictions=results[0].predictions)
+    return ClassifyBatchResponse(model=predictor.name, results=results)

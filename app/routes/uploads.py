@@ -1,0 +1,48 @@
+"""Reading uploaded image parts and decoding them in parallel (shared by /classify, /encode)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import HTTPException
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from app.predictors import Predictor
+from app.schemas import ErrorResponse
+from app.settings import Settings
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": why}
+    for code, why in {
+        400: "Empty, truncated or corrupt image",
+        401: "Missing or wrong X-API-Key (when a key is configured)",
+        404: "Unknown model",
+        413: "Body over the upload limit, image over the pixel limit, or too many items",
+        415: "Not a supported image format / content type",
+        422: "Invalid parameters or body",
+        503: "Models loading or server overloaded (Retry-After)",
+        504: "Inference deadline exceeded",
+    }.items()
+}
+
+
+async def decode_uploads(
+    files: Sequence[UploadFile], predictor: Predictor, settings: Settings
+) -> list[Any]:
+    """Read every part, decode each image in the thread pool (in parallel), keep the order."""
+    if len(files) > settings.max_batch_images:
+        raise HTTPException(
+            413, f"{len(files)} images in one request; the limit is {settings.max_batch_images}"
+        )
+    blobs = [await f.read() for f in files]
+    return list(
+        await asyncio.gather(
+            *(
+                run_in_threadpool(predictor.decode_image, b, settings.max_image_pixels)
+                for b in blobs
+            )
+        )
+    )

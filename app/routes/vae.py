@@ -1,0 +1,187 @@
+"""VAE endpoints: POST /encode, POST /decode, GET /sample."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from app.deps import RegistryDep, SettingsDep
+from app.errors import not_acceptable
+from app.negotiation import choose_media
+from app.predictors import VAEPredictor
+from app.registry import Registry
+from app.routes.uploads import ERRORS, decode_uploads
+from app.schemas import DecodeRequest, DecodeResponse, EncodeRequest, EncodeResponse, SampleResponse
+
+router = APIRouter(tags=["vae"])
+
+PNG, JSON = "image/png", "application/json"
+# PNG first: it is the answer for a missing or */* Accept (curl, browsers).
+IMAGE_TYPES = [PNG, JSON]
+MAX_SEED = 2**63 - 1
+
+ModelQuery = Annotated[str | None, Query(description="VAE name (default: the configured one)")]
+AcceptHeader = Annotated[str | None, Header(description="image/png (default) or application/json")]
+
+ENCODE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One or more images; converted as the card says",
+                        }
+                    },
+                }
+            },
+            JSON: {"schema": EncodeRequest.model_json_schema()},
+        },
+    }
+}
+
+
+def _image_responses(model: type[DecodeResponse]) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "content": {
+                PNG: {"schema": {"type": "string", "format": "binary"}},
+                JSON: {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}},
+            },
+            "description": "PNG (one image, or a grid row-major) or JSON mean parameters",
+        },
+        406: {"description": "Accept names neither image/png nor application/json"},
+        **ERRORS,
+    }
+
+
+def _validation_error(e: ValidationError) -> RequestValidationError:
+    """A pydantic error on a body we parsed ourselves, reported like FastAPI's own 422s."""
+    return RequestValidationError(
+        [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+    )
+
+
+@router.post(
+    "/encode",
+    response_model=EncodeResponse,
+    responses=ERRORS,
+    openapi_extra=ENCODE_BODY,
+    summary="Encode images to the posterior q(z|x)",
+)
+async def encode(
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    model: ModelQuery = None,
+    sample: Annotated[bool, Query(description="Also draw z from q(z|x)")] = False,
+    seed: Annotated[
+        int | None, Query(ge=0, le=MAX_SEED, description="Seed of the draw (sample=true)")
+    ] = None,
+) -> EncodeResponse:
+    """Multipart `image` parts or a JSON `{"pixels": ...}` body; one result per image, in order."""
+    predictor = registry.vae(model)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=settings.max_batch_images + 1)
+        files = [f for f in form.getlist("image") if isinstance(f, UploadFile)]
+        if not files:
+            raise RequestValidationError(
+                [{"type": "missing", "loc": ("body", "image"), "msg": "Field required"}]
+            )
+        inputs = await decode_uploads(files, predictor, settings)
+    elif content_type == JSON:
+        try:
+            body = EncodeRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            raise _validation_error(e) from None
+        inputs = await run_in_threadpool(predictor.decode_pixels, body.pixels)
+        if len(inputs) > settings.max_batch_images:
+            raise HTTPException(
+                413, f"{len(inputs)} images in one request; limit {settings.max_batch_images}"
+            )
+    else:
+        raise HTTPException(415, "send multipart/form-data with `image` parts, or application/json")
+    outputs = await registry.infer(predictor, "encode", inputs)
+    return predictor.encode_response(outputs, sample, seed)
+
+
+async def _render(
+    predictor: VAEPredictor,
+    registry: Registry,
+    accept: str | None,
+    zs: list[Any],
+    headers: dict[str, str],
+    extra: dict[str, Any] | None = None,
+) -> Response:
+    """Negotiate (406 first, before any work), decode `zs` in batches, answer PNG or JSON."""
+    media = choose_media(accept, IMAGE_TYPES)
+    if media is None:
+        raise not_acceptable(IMAGE_TYPES)
+    images = await registry.infer(predictor, "decode", zs)
+    headers = {"X-Image-Count": str(len(images)), **headers}
+    if media == PNG:
+        png = await run_in_threadpool(predictor.images_png, images)
+        return Response(png, media_type=PNG, headers=headers)
+    out = predictor.images_json(images)
+    if extra is not None:  # /sample: the seed and the z's used
+        out = SampleResponse(**out.model_dump(), **extra)
+    return Response(out.model_dump_json(), media_type=JSON, headers=headers)
+
+
+@router.post(
+    "/decode",
+    response_model=DecodeResponse,
+    responses=_image_responses(DecodeResponse),
+    summary="Decode latent codes to images",
+)
+async def decode(
+    body: DecodeRequest,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    model: ModelQuery = None,
+    accept: AcceptHeader = None,
+) -> Response:
+    """Decoder mean images of the given z rows, as PNG (default) or JSON."""
+    predictor = registry.vae(model)
+    if len(body.z) > settings.max_batch_images:
+        raise HTTPException(413, f"{len(body.z)} latent rows; limit {settings.max_batch_images}")
+    return await _render(predictor, registry, accept, predictor.decode_latents(body.z), {})
+
+
+@router.get(
+    "/sample",
+    response_model=SampleResponse,
+    responses=_image_responses(SampleResponse),
+    summary="Sample images from the prior",
+)
+async def sample(
+    registry: RegistryDep,
+    settings: SettingsDep,
+    n: Annotated[int, Query(ge=1, description="Number of images (<= max_sample_n)")] = 16,
+    seed: Annotated[
+        int | None, Query(ge=0, le=MAX_SEED, description="Same seed, same images; default random")
+    ] = None,
+    model: ModelQuery = None,
+    accept: AcceptHeader = None,
+) -> Response:
+    """Decode n draws z ~ N(0, I); PNG grid (seed in X-Seed) or JSON with the z's and seed."""
+    predictor = registry.vae(model)
+    if n > settings.max_sample_n:
+        raise HTTPException(422, f"n={n} exceeds max_sample_n={settings.max_sample_n}")
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    zs = predictor.prior_latents(n, seed)
+    extra = {"seed": seed, "z": [z.tolist() for z in zs]}
+    return await _render(predictor, registry, accept, zs, {"X-Seed": str(seed)}, extra)
