@@ -1,0 +1,142 @@
+"""POST /classify: answers, batching order, top_k, bad uploads."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.images import decode_image
+from models import load_checkpoint
+from tests.app.conftest import LABELS, png_bytes
+
+
+def part(data: bytes, name: str = "x.png") -> tuple[str, tuple[str, bytes, str]]:
+    return "image", (name, data, "application/octet-stream")
+
+
+def reference_probs(client: TestClient, data: bytes) -> torch.Tensor:
+    """Softmax of an unbatched forward of the same checkpoint: what the service must answer."""
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    model, card = load_checkpoint(settings.model_dir / "alexnet-cifar10")
+    with torch.inference_mode():
+        x = decode_image(data, card.input, 10**7)[None]
+        return torch.softmax(model(x), 1)[0]
+
+
+def test_one_image_answers_sorted_top_k_softmax(client: TestClient) -> None:
+    data = png_bytes()
+    r = client.post("/classify", files=[part(data)])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "alexnet-cifar10" and set(body) == {"model", "predictions"}
+    preds = body["predictions"]
+    assert len(preds) == 3  # default min(5, classes)
+    probs = [p["probability"] for p in preds]
+    assert probs == sorted(probs, reverse=True)
+    assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+    ref = reference_probs(client, data)
+    for p in preds:
+        assert p["label"] == LABELS[p["index"]]
+        assert p["probability"] == pytest.approx(float(ref[p["index"]]), abs=1e-5)
+
+
+def test_several_parts_answer_in_upload_order(client: TestClient) -> None:
+    images = [
+        png_bytes(color=(i * 40, 255 - i * 40, (i * 90) % 256), size=(30 + i, 40)) for i in range(5)
+    ]
+    r = client.post("/classify?top_k=3", files=[part(d) for d in images])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"model", "results"} and len(body["results"]) == 5
+    for data, result in zip(images, body["results"], strict=True):
+        ref = reference_probs(client, data)
+        got = {p["index"]: p["probability"] for p in result["predictions"]}
+        assert got == pytest.approx({i: float(ref[i]) for i in range(3)}, abs=1e-5)
+
+
+def test_concurrent_requests_each_get_their_own_answer(client: TestClient) -> None:
+    images = [png_bytes(color=(i * 25, (i * 70) % 256, 255 - i * 25)) for i in range(10)]
+    with ThreadPoolExecutor(10) as pool:
+        responses = list(pool.map(lambda d: client.post("/classify", files=[part(d)]), images))
+    for data, r in zip(images, responses, strict=True):
+        assert r.status_code == 200
+        ref = reference_probs(client, data)
+        top = r.json()["predictions"][0]
+        assert top["index"] == int(ref.argmax())
+        assert top["probability"] == pytest.approx(float(ref.max()), abs=1e-5)
+
+
+def test_top_k_and_model_parameters(client: TestClient) -> None:
+    data = png_bytes()
+    assert len(client.post("/classify?top_k=1", files=[part(data)]).json()["predictions"]) == 1
+    for bad in ("0", "4", "-1", "x"):
+        r = client.post(f"/classify?top_k={bad}", files=[part(data)])
+        assert r.status_code == 422 and "top_k" in r.json()["detail"]
+    r = client.post("/classify?model=nope", files=[part(data)])
+    assert r.status_code == 404 and "nope" in r.json()["detail"]
+    assert client.post("/classify?model=vae-mnist", files=[part(data)]).status_code == 404
+
+
+def _gif_two_frames() -> bytes:
+    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        png_bytes(mode="L", color=(90, 0, 0)),
+        png_bytes(fmt="JPEG"),
+        png_bytes(fmt="BMP"),
+        png_bytes(fmt="WEBP"),
+        png_bytes(mode="CMYK", color=(10, 0, 0), fmt="JPEG"),
+        _gif_two_frames(),
+    ],
+    ids=["grey", "jpeg", "bmp", "webp", "cmyk", "gif"],
+)
+def test_any_supported_format_and_mode_is_classified(client: TestClient, data: bytes) -> None:
+    assert client.post("/classify", files=[part(data)]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (b"", 400, "empty"),
+        (b"%PDF-1.4 not an image", 415, "not a supported image"),
+        (png_bytes(fmt="JPEG", size=(400, 300))[:600], 400, "truncated"),
+    ],
+    ids=["empty", "not-image", "truncated"],
+)
+def test_bad_uploads_are_client_errors(
+    client: TestClient, data: bytes, status: int, words: str
+) -> None:
+    r = client.post("/classify", files=[part(data)])
+    assert r.status_code == status
+    assert words in r.json()["detail"].lower()
+    assert client.post("/classify", files=[part(png_bytes())]).status_code == 200  # still up
+
+
+def test_missing_or_wrong_field_is_422(client: TestClient) -> None:
+    r = client.post("/classify", files=[("picture", ("x.png", png_bytes(), "image/png"))])
+    assert r.status_code == 422 and "image" in r.json()["detail"]
+    assert client.post("/classify").status_code == 422
+    # an unknown extra field next to a valid image is ignored
+    r = client.post("/classify", files=[part(png_bytes())], data={"note": "hi"})
+    assert r.status_code == 200
+
+
+def test_too_many_images_is_413(model_dir) -> None:  # type: ignore[no-untyped-def]
+    from app.main import create_app
+    from tests.app.conftest import test_settings, wait_ready
+
+    with TestClient(create_app(test_settings(model_dir, max_batch_images=2))) as c:
+        wait_ready(c)
+        r = c.post("/classify", files=[part(png_bytes())] * 3)
+        assert r.status_code == 413 and "limit is 2" in r.json()["detail"]

@@ -1,0 +1,155 @@
+"""The dynamic batcher: order, batching under load, no wait when idle, overload, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from app.batching import Batcher, BatchStats, DeadlineExceeded, Overloaded
+
+
+def recording(delay: float = 0.0, fail_on: int | None = None):
+    """A batched function doubling its inputs, recording each batch it saw."""
+    batches: list[list[int]] = []
+
+    def fn(items: list[int]) -> list[int]:
+        batches.append(list(items))
+        if delay:
+            time.sleep(delay)
+        if fail_on is not None and fail_on in items:
+            raise RuntimeError("boom")
+        return [2 * x for x in items]
+
+    return fn, batches
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_batch_size": 0, "max_wait_s": 0.0, "max_queue": 4}, "max_batch_size"),
+        ({"max_batch_size": 2, "max_wait_s": -1.0, "max_queue": 4}, "max_wait_s"),
+        ({"max_batch_size": 8, "max_wait_s": 0.0, "max_queue": 4}, "max_queue"),
+    ],
+)
+def test_invalid_configuration_fails_at_construction(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Batcher(lambda xs: xs, **kwargs)
+
+
+async def test_concurrent_requests_batch_together_and_get_their_own_results() -> None:
+    fn, batches = recording(delay=0.02)
+    b = Batcher(fn, max_batch_size=16, max_wait_s=0.01, max_queue=64)
+    b.start()
+    results = await asyncio.gather(*(b.submit([i, 100 + i]) for i in range(10)))
+    await b.stop()
+    assert results == [[2 * i, 2 * (100 + i)] for i in range(10)]
+    assert max(len(x) for x in batches) > 2  # requests really shared batches
+    assert all(len(x) <= 16 for x in batches)
+    assert sorted(x for batch in batches for x in batch) == sorted(
+        [i for i in range(10)] + [100 + i for i in range(10)]
+    )
+
+
+async def test_single_request_under_no_load_does_not_wait() -> None:
+    fn, _ = recording()
+    b = Batcher(fn, max_batch_size=8, max_wait_s=5.0, max_queue=8)  # a wait would be obvious
+    b.start()
+    start = time.perf_counter()
+    assert await b.submit([3]) == [6]
+    assert time.perf_counter() - start < 1.0
+    await b.stop()
+
+
+async def test_full_queue_is_refused_and_admitted_items_complete() -> None:
+    release = threading.Event()
+
+    def fn(items: list[int]) -> list[int]:
+        release.wait(5)
+        return items
+
+    b = Batcher(fn, max_batch_size=2, max_wait_s=0.0, max_queue=4)
+    b.start()
+    admitted = [asyncio.create_task(b.submit([i])) for i in range(2)]
+    await asyncio.sleep(0.05)  # first item is in the forward pass, blocking
+    admitted += [asyncio.create_task(b.submit([10, 11]))]
+    admitted += [asyncio.create_task(b.submit([12]))]
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded) as info:
+        await b.submit([20, 21])
+    assert info.value.retry_after >= 1
+    release.set()
+    assert [await t for t in admitted] == [[0], [1], [10, 11], [12]]
+    await b.stop()
+
+
+async def test_deadline_raises_and_drops_queued_work() -> None:
+    release = threading.Event()
+    seen: list[int] = []
+
+    def fn(items: list[int]) -> list[int]:
+        seen.extend(items)
+        release.wait(5)
+        return items
+
+    b = Batcher(fn, max_batch_size=1, max_wait_s=0.0, max_queue=8)
+    b.start()
+    first = asyncio.create_task(b.submit([1]))
+    await asyncio.sleep(0.02)
+    with pytest.raises(DeadlineExceeded):
+        await b.submit([2], timeout=0.05)  # queued behind the blocked batch
+    release.set()
+    assert await first == [1]
+    await asyncio.sleep(0.05)
+    assert seen == [1]  # item 2 was never computed
+    await b.stop()
+
+
+async def test_error_fails_only_its_batch() -> None:
+    fn, _ = recording(fail_on=13)
+    stats: list[BatchStats] = []
+    with ThreadPoolExecutor(1) as pool:
+        b = Batcher(
+            fn, max_batch_size=1, max_wait_s=0.0, max_queue=8, executor=pool, observer=stats.append
+        )
+        b.start()
+        with pytest.raises(RuntimeError, match="boom"):
+            await b.submit([13])
+        assert await b.submit([4]) == [8]  # the worker survives
+        await b.stop()
+    assert [s.error is not None for s in stats] == [True, False]
+
+
+async def test_cancelled_request_is_dropped_before_it_runs() -> None:
+    release = threading.Event()
+    seen: list[int] = []
+
+    def fn(items: list[int]) -> list[int]:
+        seen.extend(items)
+        release.wait(5)
+        return items
+
+    b = Batcher(fn, max_batch_size=1, max_wait_s=0.0, max_queue=8)
+    b.start()
+    first = asyncio.create_task(b.submit([1]))
+    await asyncio.sleep(0.02)
+    gone = asyncio.create_task(b.submit([2]))  # like a client that disconnects
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    release.set()
+    assert await first == [1]
+    await asyncio.sleep(0.05)
+    assert seen == [1]
+    assert b.queued == 0
+    await b.stop()
+
+
+async def test_stopped_batcher_refuses_new_work() -> None:
+    b = Batcher(lambda xs: xs, max_batch_size=1, max_wait_s=0.0, max_queue=1)
+    b.start()
+    await b.stop()
+    with pytest.raises(Overloaded, match="shutting down"):
+        await b.submit([1])
