@@ -1,0 +1,155 @@
+"""The ceiling: decode + preprocess + batched forward in one process, no HTTP, same inputs.
+
+For each endpoint it reports items/s at the serving batch size (what a perfect server could
+deliver on this machine) and the single-item latency at batch 1 (what a perfect server answers
+one lone request in). Decoding runs on the calling thread, the forward on torch's intra-op pool.
+
+    python -m benchmarks.inprocess runs/bench/models/full/alexnet-imagenet-random --endpoint classify
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import ops
+from benchmarks.inputs import DEFAULT_DATA_DIR, Corpus, grey_corpus, latent_rows, rgb_corpus
+
+
+def make_step(
+    endpoint: str,
+    model: torch.nn.Module,
+    card: Any,
+    corpus: Corpus | None,
+    latents: list[list[float]],
+) -> Callable[[int, int], int]:
+    """A function (start index, batch size) -> items done, running one batch end to end."""
+    channels_last = next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
+
+    def run(i: int, b: int) -> int:
+        if endpoint in ("classify", "encode"):
+            assert corpus is not None
+            x = ops.images_to_batch([corpus[i + j] for j in range(b)], card, channels_last)
+            ops.classify(model, x) if endpoint == "classify" else ops.encode(model, x)
+        elif endpoint == "decode":
+            z = torch.tensor([latents[(i + j) % len(latents)] for j in range(b)])
+            ops.decode(model, z)
+        elif endpoint == "sample":
+            ops.sample(model, range(i, i + b))
+        else:
+            raise ValueError(f"unknown endpoint {endpoint!r}; known: {ops.ENDPOINTS}")
+        return b
+
+    return run
+
+
+def timed_loop(
+    step: Callable[[int, int], int], batch: int, duration: float
+) -> tuple[int, float, list[float]]:
+    """Run `step` back to back for `duration` seconds: items, elapsed seconds, per-call seconds."""
+    items, i, times = 0, 0, []
+    t0 = time.perf_counter()
+    while True:
+        t = time.perf_counter()
+        items += step(i, batch)
+        times.append(time.perf_counter() - t)
+        i += batch
+        if time.perf_counter() - t0 >= duration:
+            break
+    return items, time.perf_counter() - t0, times
+
+
+def measure(
+    model_dir: Path,
+    endpoint: str,
+    corpus: Corpus | None,
+    batch_size: int = 32,
+    duration: float = 5.0,
+    threads: int | None = None,
+    channels_last: bool = True,
+) -> dict[str, Any]:
+    """Throughput at `batch_size` and single-item latency of one endpoint of one model."""
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    model, card = ops.load(model_dir, channels_last=channels_last)
+    latents = latent_rows(256, int(card.config.get("latent", 1)))
+    step = make_step(endpoint, model, card, corpus, latents)
+    timed_loop(step, batch_size, min(1.0, duration / 4))  # warm-up: allocator, oneDNN kernels
+    items, elapsed, _ = timed_loop(step, batch_size, duration)
+    _, _, singles = timed_loop(step, 1, min(2.0, duration / 2))
+    singles_ms = sorted(1000 * t for t in singles)
+    return {
+        "contender": "in-process",
+        "endpoint": endpoint,
+        "model": card.name,
+        "batch_size": batch_size,
+        "threads": threads,
+        "channels_last": channels_last and card.architecture == "alexnet",
+        "items": items,
+        "seconds": round(elapsed, 3),
+        "items_per_s": round(items / elapsed, 2),
+        "single_p50_ms": round(statistics.median(singles_ms), 3),
+        "single_p99_ms": round(
+            singles_ms[min(len(singles_ms) - 1, int(0.99 * len(singles_ms)))], 3
+        ),
+        "single_n": len(singles_ms),
+    }
+
+
+def corpus_for(endpoint: str, channels: int, data_dir: Path | None) -> Corpus | None:
+    """The image corpus an endpoint decodes (None for endpoints that take latents)."""
+    if endpoint not in ("classify", "encode"):
+        return None
+    return rgb_corpus(data_dir) if channels == 3 else grey_corpus(data_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "model_dir", type=Path, help="a checkpoint directory (config.json + weights)"
+    )
+    parser.add_argument("--endpoint", choices=ops.ENDPOINTS, default="classify")
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="set equal to the server's max batch"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=5.0, help="seconds of the throughput loop"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: all cores)"
+    )
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args(argv)
+    from models.checkpoint import read_card
+
+    card = read_card(args.model_dir)
+    corpus = corpus_for(args.endpoint, card.input.channels, args.data_dir)
+    result = measure(
+        args.model_dir,
+        args.endpoint,
+        corpus,
+        args.batch_size,
+        args.duration,
+        args.threads,
+        args.channels_last,
+    )
+    result["inputs"] = corpus.source if corpus else "latent rows / seeds"
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

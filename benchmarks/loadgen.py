@@ -1,0 +1,269 @@
+"""Async httpx load generator: a concurrency sweep against one running server.
+
+Each point runs `concurrency` closed-loop clients (send, wait for the answer, send again) for a
+warm-up and then a fixed measured window; only requests that complete inside the window count.
+It reports requests/s, images/s (items/s: images, latent rows or samples), p50/p95/p99 latency of
+the successful requests and the errors by status, as a table on stdout and as JSON.
+
+    python -m benchmarks.loadgen http://127.0.0.1:8000 --flavour ours --endpoint classify \\
+        --model alexnet-cifar10 --concurrency 1 4 16 64 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from benchmarks.inputs import DEFAULT_DATA_DIR, Corpus, grey_corpus, latent_rows, rgb_corpus
+
+FLAVOURS = ("ours", "litserve")
+ENDPOINTS = ("classify", "encode", "decode", "sample")
+# (method, path, httpx keyword arguments) of the i-th request of a point.
+RequestSpec = tuple[str, str, dict[str, Any]]
+
+
+@dataclass
+class PointResult:
+    """One concurrency point of one contender on one endpoint."""
+
+    contender: str
+    endpoint: str
+    model: str
+    concurrency: int
+    seconds: float
+    requests: int
+    items: int
+    requests_per_s: float
+    items_per_s: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    errors: dict[str, int] = field(default_factory=dict)
+    load_avg_1m: float | None = None
+
+
+def _mime(data: bytes) -> str:
+    return "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
+
+
+def make_requester(
+    flavour: str,
+    endpoint: str,
+    model: str,
+    corpus: Corpus | None = None,
+    latents: list[list[float]] | None = None,
+) -> Callable[[int], RequestSpec]:
+    """The i-th request (one item each) for `endpoint`, in our API's or the LitServe contender's form."""
+    if flavour not in FLAVOURS or endpoint not in ENDPOINTS:
+        raise ValueError(f"flavour must be one of {FLAVOURS}, endpoint one of {ENDPOINTS}")
+    ours = flavour == "ours"
+    query = {"model": model} if ours else {}
+    as_json = {"accept": "application/json"}
+
+    def request(i: int) -> RequestSpec:
+        if endpoint in ("classify", "encode"):
+            assert corpus is not None, f"{endpoint} needs an image corpus"
+            data = corpus[i]
+            params = {**query, "top_k": 5} if ours and endpoint == "classify" else query
+            name = "image.png" if _mime(data) == "image/png" else "image.jpg"
+            return (
+                "POST",
+                f"/{endpoint}",
+                {"params": params, "files": {"image": (name, data, _mime(data))}},
+            )
+        if endpoint == "decode":
+            assert latents, "decode needs latent rows"
+            body = {"z": [latents[i % len(latents)]]}
+            return "POST", "/decode", {"params": query, "json": body, "headers": as_json}
+        if ours:  # sample: a GET with the seed in the query on our API
+            return "GET", "/sample", {"params": {**query, "n": 1, "seed": i}, "headers": as_json}
+        return "POST", "/sample", {"json": {"n": 1, "seed": i}, "headers": as_json}
+
+    return request
+
+
+def summarise(
+    contender: str,
+    endpoint: str,
+    model: str,
+    concurrency: int,
+    seconds: float,
+    latencies_s: list[float],
+    errors: Counter[str],
+    items_per_request: int = 1,
+) -> PointResult:
+    """Throughput and latency percentiles of one measured window."""
+    ok = len(latencies_s)
+    lat = np.asarray(latencies_s) * 1000.0
+    pct = [round(float(v), 3) for v in np.percentile(lat, [50, 95, 99])] if ok else [None] * 3
+    return PointResult(
+        contender=contender,
+        endpoint=endpoint,
+        model=model,
+        concurrency=concurrency,
+        seconds=round(seconds, 3),
+        requests=ok,
+        items=ok * items_per_request,
+        requests_per_s=round(ok / seconds, 2),
+        items_per_s=round(ok * items_per_request / seconds, 2),
+        p50_ms=pct[0],
+        p95_ms=pct[1],
+        p99_ms=pct[2],
+        errors=dict(errors),
+    )
+
+
+async def run_point(
+    client: httpx.AsyncClient,
+    request: Callable[[int], RequestSpec],
+    concurrency: int,
+    duration: float,
+    warmup: float,
+) -> tuple[float, list[float], Counter[str]]:
+    """Drive `concurrency` closed-loop clients; latencies and errors of the measured window."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    window = (start + warmup, start + warmup + duration)
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    counter = iter(range(10**12))
+
+    async def worker() -> None:
+        while loop.time() < window[1]:  # bounded: stops issuing once the window closes
+            method, path, kwargs = request(next(counter))
+            t0 = time.perf_counter()
+            try:
+                response = await client.request(method, path, **kwargs)
+                status: str | None = None if response.is_success else str(response.status_code)
+            except httpx.HTTPError as e:
+                status = type(e).__name__
+            done = loop.time()
+            if window[0] <= done <= window[1]:
+                if status is None:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors[status] += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return duration, latencies, errors
+
+
+async def sweep(
+    base_url: str,
+    contender: str,
+    endpoint: str,
+    model: str,
+    request: Callable[[int], RequestSpec],
+    concurrencies: list[int],
+    duration: float,
+    warmup: float,
+    timeout: float = 60.0,
+) -> list[PointResult]:
+    """One point per concurrency, in order, each with its own warm-up."""
+    import os
+
+    results = []
+    for c in concurrencies:
+        limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
+            seconds, latencies, errors = await run_point(client, request, c, duration, warmup)
+        point = summarise(contender, endpoint, model, c, seconds, latencies, errors)
+        point.load_avg_1m = round(os.getloadavg()[0], 2)
+        results.append(point)
+    return results
+
+
+COLUMNS = (
+    "contender",
+    "endpoint",
+    "model",
+    "concurrency",
+    "requests_per_s",
+    "items_per_s",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "errors",
+)
+
+
+def format_table(points: list[PointResult]) -> str:
+    """A GitHub-markdown table of sweep points."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for p in points:
+        row = asdict(p)
+        cells = [
+            ", ".join(f"{k}: {v}" for k, v in row["errors"].items()) or "0"
+            if col == "errors"
+            else ("-" if row[col] is None else str(row[col]))
+            for col in COLUMNS
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("url", help="base URL of a running server, e.g. http://127.0.0.1:8000")
+    parser.add_argument(
+        "--flavour",
+        choices=FLAVOURS,
+        default="ours",
+        help="request shapes: our API or the LitServe contender's",
+    )
+    parser.add_argument("--endpoint", choices=ENDPOINTS, default="classify")
+    parser.add_argument(
+        "--model", default="alexnet-cifar10", help="model name (?model= on our API)"
+    )
+    parser.add_argument("--latent-dim", type=int, default=20, help="latent size for /decode")
+    parser.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=None,
+        help="image corpus: 3 = CIFAR-10 JPEGs, 1 = MNIST PNGs (default: by endpoint)",
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per point")
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="unmeasured seconds before each point"
+    )
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--json", type=Path, help="also write the points here")
+    args = parser.parse_args(argv)
+    channels = args.channels or (3 if args.endpoint == "classify" else 1)
+    corpus = rgb_corpus(args.data_dir) if channels == 3 else grey_corpus(args.data_dir)
+    request = make_requester(
+        args.flavour, args.endpoint, args.model, corpus, latent_rows(256, args.latent_dim)
+    )
+    points = asyncio.run(
+        sweep(
+            args.url,
+            args.flavour,
+            args.endpoint,
+            args.model,
+            request,
+            args.concurrency,
+            args.duration,
+            args.warmup,
+        )
+    )
+    print(format_table(points))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(p) for p in points], indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

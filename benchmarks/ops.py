@@ -1,0 +1,66 @@
+"""The model work of each benchmarked endpoint, with no serving around it.
+
+Shared by the in-process ceiling and the LitServe contender so both run the same tensors through
+the same calls; our service has its own engine (app/) and is measured only over HTTP.
+Shapes: B batch, C channels, H/W image size, Z latent size, K top-k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from app.images import decode_image
+from models.checkpoint import ModelCard, load_checkpoint
+
+# Same limit as the service's default (app/settings.py max_image_pixels).
+MAX_PIXELS = 40_000_000
+ENDPOINTS = ("classify", "encode", "decode", "sample")
+
+
+def load(model_dir: Path, channels_last: bool = True) -> tuple[nn.Module, ModelCard]:
+    """Load a checkpoint for inference; convolutional models optionally in channels-last."""
+    model, card = load_checkpoint(model_dir, device="cpu")
+    if channels_last and card.architecture == "alexnet":
+        model = model.to(memory_format=torch.channels_last)
+    return model, card
+
+
+def images_to_batch(files: Sequence[bytes], card: ModelCard, channels_last: bool) -> Tensor:
+    """Decode and preprocess uploads exactly as the service does -> (B, C, H, W) float32."""
+    x = torch.stack([decode_image(f, card.input, MAX_PIXELS) for f in files])
+    return (
+        x.contiguous(memory_format=torch.channels_last) if channels_last and x.shape[1] == 3 else x
+    )
+
+
+@torch.inference_mode()
+def classify(model: nn.Module, x: Tensor, top_k: int = 5) -> tuple[Tensor, Tensor]:
+    """(B, C, H, W) -> top-k probabilities (B, K) and class indices (B, K)."""
+    probs = torch.softmax(model(x), dim=1)
+    return probs.topk(min(top_k, probs.shape[1]), dim=1)
+
+
+@torch.inference_mode()
+def encode(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, 1, H, W) in [0, 1] -> posterior mean (B, Z) and log-variance (B, Z)."""
+    return model.encode(x)  # type: ignore[operator]
+
+
+@torch.inference_mode()
+def decode(model: nn.Module, z: Tensor) -> Tensor:
+    """(B, Z) -> decoder mean images (B, 1, H, W)."""
+    return model.decode(z)  # type: ignore[operator]
+
+
+@torch.inference_mode()
+def sample(model: nn.Module, seeds: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """One prior draw per seed (the same z for the same seed) -> z (B, Z), images (B, 1, H, W)."""
+    latent: int = model.config.latent  # type: ignore[union-attr,assignment]
+    z = torch.stack(
+        [torch.randn(latent, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    )
+    return z, model.decode(z)  # type: ignore[operator]

@@ -1,0 +1,155 @@
+"""Turn a benchmark report (benchmarks/run.py) into the issue's target checks and a markdown page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Point = dict[str, Any]
+# issue 4's targets
+CEILING_SHARE = 0.85  # full AlexNet, c=16-64: our images/s over the in-process ceiling
+OVERHEAD_RATIO = 1.3  # overhead-bound workloads: our peak req/s over LitServe's
+SINGLE_SLACK_MS = 2.0  # c=1: our p50 minus the in-process single-item time
+
+
+def _workloads(report: dict[str, Any]) -> list[tuple[str, str]]:
+    seen: dict[tuple[str, str], None] = {}
+    for p in report["points"]:
+        seen[(p["endpoint"], p["model"])] = None
+    for c in report["ceiling"]:
+        seen[(c["endpoint"], c["model"])] = None
+    return list(seen)
+
+
+def _points(report: dict[str, Any], endpoint: str, model: str, prefix: str) -> list[Point]:
+    return [
+        p
+        for p in report["points"]
+        if p["endpoint"] == endpoint and p["model"] == model and p["contender"].startswith(prefix)
+    ]
+
+
+def _ceiling(report: dict[str, Any], endpoint: str, model: str) -> dict[str, Any] | None:
+    return next(
+        (c for c in report["ceiling"] if c["endpoint"] == endpoint and c["model"] == model), None
+    )
+
+
+def _best_litserve(
+    report: dict[str, Any], endpoint: str, model: str, concurrency: int
+) -> Point | None:
+    """LitServe's best worker count at this point: the fairest rival to hold us against."""
+    at_c = [
+        p for p in _points(report, endpoint, model, "litserve") if p["concurrency"] == concurrency
+    ]
+    return max(at_c, key=lambda p: p["items_per_s"], default=None)
+
+
+def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each of issue 4's CPU targets that this report has the points for, met or missed and by how much."""
+    out: list[dict[str, Any]] = []
+    full = report["models"].get("full", "").rsplit("/", 1)[-1]
+    for endpoint, model in _workloads(report):
+        ours = _points(report, endpoint, model, "ours")
+        ceil = _ceiling(report, endpoint, model)
+        theirs = _points(report, endpoint, model, "litserve")
+        label = f"{endpoint} {model}"
+        if model == full:
+            for p in (p for p in ours if p["concurrency"] >= 16):
+                c = p["concurrency"]
+                if ceil:
+                    share = p["items_per_s"] / ceil["items_per_s"]
+                    out.append({
+                        "target": f"{label} c={c}: >= {CEILING_SHARE:.0%} of the in-process ceiling",
+                        "value": f"{share:.0%} ({p['items_per_s']} vs {ceil['items_per_s']} img/s)",
+                        "met": share >= CEILING_SHARE,
+                    })  # fmt: skip
+                rival = _best_litserve(report, endpoint, model, c)
+                if rival and p["p99_ms"] is not None and rival["p99_ms"] is not None:
+                    out.append({
+                        "target": f"{label} c={c}: ahead of LitServe at an equal or lower p99",
+                        "value": f"{p['items_per_s']} vs {rival['items_per_s']} img/s ({rival['contender']}), "
+                                 f"p99 {p['p99_ms']:.0f} vs {rival['p99_ms']:.0f} ms",
+                        "met": p["items_per_s"] > rival["items_per_s"] and p["p99_ms"] <= rival["p99_ms"],
+                    })  # fmt: skip
+        elif ours and theirs:
+            peak_ours = max(p["requests_per_s"] for p in ours)
+            peak_theirs = max(p["requests_per_s"] for p in theirs)
+            ratio = peak_ours / peak_theirs if peak_theirs else float("inf")
+            out.append({
+                "target": f"{label}: peak req/s >= {OVERHEAD_RATIO}x LitServe's",
+                "value": f"{ratio:.2f}x ({peak_ours} vs {peak_theirs} req/s)",
+                "met": ratio >= OVERHEAD_RATIO,
+            })  # fmt: skip
+        single = next((p for p in ours if p["concurrency"] == 1), None)
+        if single and ceil and single["p50_ms"] is not None:
+            gap = single["p50_ms"] - ceil["single_p50_ms"]
+            out.append({
+                "target": f"{label} c=1: p50 within {SINGLE_SLACK_MS:.0f} ms of in-process",
+                "value": f"+{gap:.2f} ms ({single['p50_ms']:.2f} vs {ceil['single_p50_ms']:.2f} ms)",
+                "met": gap <= SINGLE_SLACK_MS,
+            })  # fmt: skip
+    return out
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+    return str(v)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The results page: machine, configuration, one table per workload, the targets."""
+    m, cfg = report["machine"], report["config"]
+    lines = [
+        f"# Benchmark results ({report['date']})",
+        "",
+        f"Command: `{report['command']}` (commit {m['commit']})",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), {m['memory_gb']} GB; "
+        f"{m['platform']}; Python {m['python']}, torch {m['torch']} ({m['torch_threads_default']} threads "
+        f"by default), LitServe {m['litserve']}. Load average at start {m['load_avg_at_start']}, "
+        f"at end {m.get('load_avg_at_end')} (other work on the machine shows up here).",
+        "",
+        f"Each point: {cfg['warmup_s']} s warm-up, then {cfg['duration_s']} s measured, closed-loop clients "
+        f"(async httpx, one process, on the same machine). Batching: max batch {cfg['max_batch_size']}, "
+        f"batch timeout {cfg['batch_timeout_ms']} ms for ours and LitServe alike.",
+        "",
+        f"- ours: {cfg['ours']}",
+        f"- LitServe: {cfg['litserve']}; worker counts tried: {cfg['litserve_workers']}",
+        f"- ceiling: {cfg['ceiling']}",
+        "- inputs: " + "; ".join(f"{k}: {v}" for k, v in report["inputs"].items()),
+        "",
+    ]
+    for endpoint, model in _workloads(report):
+        ceil = _ceiling(report, endpoint, model)
+        lines.append(f"## /{endpoint} · {model}")
+        lines.append("")
+        if ceil:
+            lines.append(
+                f"In-process ceiling: **{ceil['items_per_s']:.1f} items/s** at batch {ceil['batch_size']} "
+                f"({ceil['threads']} threads), single item p50 **{ceil['single_p50_ms']:.2f} ms**."
+            )
+            lines.append("")
+        lines.append(
+            "| c | contender | req/s | items/s | % of ceiling | p50 ms | p95 ms | p99 ms | errors | load |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        points = [p for p in report["points"] if p["endpoint"] == endpoint and p["model"] == model]
+        for p in sorted(
+            points, key=lambda p: (p["concurrency"], p["contender"] != "ours", p["contender"])
+        ):
+            share = f"{p['items_per_s'] / ceil['items_per_s']:.0%}" if ceil else "-"
+            errors = ", ".join(f"{k}: {v}" for k, v in p["errors"].items()) or "0"
+            name = f"**{p['contender']}**" if p["contender"] == "ours" else p["contender"]
+            cells = [p["concurrency"], name, p["requests_per_s"], p["items_per_s"], share,
+                     p["p50_ms"], p["p95_ms"], p["p99_ms"], errors, p.get("load_avg_1m")]  # fmt: skip
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        lines.append("")
+    if report.get("targets"):
+        lines += ["## Targets (issue 4, CPU)", "", "| target | measured | met |", "|---|---|---|"]
+        for t in report["targets"]:
+            lines.append(f"| {t['target']} | {t['value']} | {'yes' if t['met'] else '**no**'} |")
+        lines.append("")
+    return "\n".join(lines)

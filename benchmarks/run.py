@@ -1,0 +1,346 @@
+"""One command for the whole benchmark: three contenders, two AlexNets and the VAE, one report.
+
+For each model group (shipped small AlexNet, full-size 224x224 AlexNet, shipped VAE) it
+1. starts our service (uvicorn subprocess on a free loopback port, that group's model dir) and
+   sweeps its endpoints with the load generator;
+2. does the same for LitServe (benchmarks/litserve_server.py) once per worker count asked for;
+3. measures the in-process ceiling (benchmarks/inprocess.py) in a subprocess.
+Servers run in their own process group and are stopped (SIGTERM, then SIGKILL) after their
+sweep; every loop is bounded by the durations given. Writes benchmarks/results/<date>.json and
+benchmarks/results/latest.md, with the machine's description and the issue's targets checked.
+
+    python -m benchmarks.run --quick          # ~3 minutes: checks the harness end to end
+    python -m benchmarks.run                  # the full sweep (1, 4, 16, 64), ~15 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks import loadgen
+from benchmarks.inputs import DEFAULT_DATA_DIR, Corpus, grey_corpus, latent_rows, rgb_corpus
+from benchmarks.make_checkpoints import prepare
+from benchmarks.report import check_targets, render_markdown
+from models.checkpoint import read_card
+
+REPO = Path(__file__).resolve().parents[1]
+GROUP_ENDPOINTS = {
+    "small": ["classify"],
+    "full": ["classify"],
+    "vae": ["encode", "decode", "sample"],
+}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The same bytes and latents for every contender."""
+
+    rgb: Corpus  # /classify uploads
+    grey: Corpus  # /encode uploads
+    latents: list[list[float]]  # /decode rows
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(
+    cmd: list[str], env: dict[str, str], url: str, probe: str, log: Path, startup_s: float = 180.0
+) -> Iterator[None]:
+    """Run `cmd` in its own process group until the block ends; wait for `probe` to answer 200."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{cmd[2]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + probe, timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{cmd[2]} not ready after {startup_s}s:\n{log.read_text()[-3000:]}"
+                )
+            time.sleep(0.5)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # the group: LitServe's worker processes too
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import torch
+
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        import litserve
+
+        litserve_version = litserve.__version__
+    except ImportError:
+        litserve_version = None
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=REPO
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads_default": torch.get_num_threads(),
+        "litserve": litserve_version,
+        "commit": commit.stdout.strip() or "unknown",
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def sweep_server(
+    contender: str,
+    flavour: str,
+    url: str,
+    model: str,
+    endpoints: list[str],
+    inputs: Inputs,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """Every endpoint of one running server through the concurrency sweep."""
+    points = []
+    for endpoint in endpoints:
+        corpus = inputs.rgb if endpoint == "classify" else inputs.grey
+        request = loadgen.make_requester(flavour, endpoint, model, corpus, inputs.latents)
+        results = asyncio.run(
+            loadgen.sweep(
+                url,
+                contender,
+                endpoint,
+                model,
+                request,
+                args.concurrency,
+                args.duration,
+                args.warmup,
+            )
+        )
+        print(loadgen.format_table(results), flush=True)
+        points += [asdict(p) for p in results]
+    return points
+
+
+def ceiling(model_dir: Path, endpoint: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The in-process ceiling, in a fresh interpreter so no server state or threads interfere."""
+    out = tmp / f"ceiling-{model_dir.name}-{endpoint}.json"
+    cmd = [sys.executable, "-m", "benchmarks.inprocess", str(model_dir), "--endpoint", endpoint,
+           "--batch-size", str(args.max_batch_size), "--duration", str(args.ceiling_duration),
+           "--data-dir", str(args.data_dir), "--json", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, timeout=600)
+    return dict(json.loads(out.read_text()))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every contender on every group asked for; the whole report as a dict."""
+    groups = prepare(args.models_root)
+    data_dir = args.data_dir if args.data_dir.is_dir() else None
+    vae_dir, vae_name = groups["vae"]
+    latent_dim = int(read_card(vae_dir / vae_name).config.get("latent", 20))
+    inputs = Inputs(rgb_corpus(data_dir), grey_corpus(data_dir), latent_rows(256, latent_dim))
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.run " + " ".join(args.argv),
+        "machine": machine(),
+        "config": {
+            "concurrency": args.concurrency,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "max_batch_size": args.max_batch_size,
+            "batch_timeout_ms": args.batch_timeout_ms,
+            "litserve_workers": args.litserve_workers,
+            "litserve": "LitServer(accelerator='cpu', workers_per_device=W, fast_queue=True, "
+            "num_api_servers=default (=W)); each worker torch.set_num_threads(cores // W); "
+            "LitAPI(max_batch_size, batch_timeout) equal to ours",
+            "ours": "uvicorn app.main:app, 1 process, MODELSERVE_MAX_BATCH_SIZE / "
+            "MODELSERVE_BATCH_TIMEOUT_MS as above, other settings default, log level WARNING",
+            "ceiling": "benchmarks.inprocess: decode + preprocess + forward at batch = max_batch_size, "
+            "all cores; single-item latency at batch 1",
+        },
+        "inputs": {
+            "classify": inputs.rgb.source,
+            "encode": inputs.grey.source,
+            "decode/sample": "N(0, I) rows / seeds",
+        },
+        "models": {g: str(d / name) for g, (d, name) in groups.items()},
+        "points": [],
+        "ceiling": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        for group in args.groups:
+            group_dir, model = groups[group]
+            endpoints = [e for e in GROUP_ENDPOINTS[group] if e in args.endpoints]
+            if not endpoints:
+                continue
+            print(f"\n== {group}: {model} ({', '.join(endpoints)})", flush=True)
+            if "ours" in args.contenders:
+                port = free_port()
+                url = f"http://127.0.0.1:{port}"
+                env = {**os.environ,
+                       "MODELSERVE_MODEL_DIR": str(group_dir),
+                       "MODELSERVE_DEFAULT_CLASSIFIER": model, "MODELSERVE_DEFAULT_VAE": model,
+                       "MODELSERVE_MAX_BATCH_SIZE": str(args.max_batch_size),
+                       "MODELSERVE_BATCH_TIMEOUT_MS": str(args.batch_timeout_ms),
+                       "MODELSERVE_LOG_LEVEL": "WARNING"}  # fmt: skip
+                cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+                       "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+                with server(cmd, env, url, "/readyz", tmp / f"ours-{group}.log"):
+                    report["points"] += sweep_server(
+                        "ours", "ours", url, model, endpoints, inputs, args
+                    )
+            if "litserve" in args.contenders:
+                for workers in args.litserve_workers:
+                    port = free_port()
+                    url = f"http://127.0.0.1:{port}"
+                    cmd = [sys.executable, "-m", "benchmarks.litserve_server", str(group_dir / model),
+                           "--port", str(port), "--workers", str(workers),
+                           "--max-batch-size", str(args.max_batch_size),
+                           "--batch-timeout-ms", str(args.batch_timeout_ms)]  # fmt: skip
+                    with server(
+                        cmd,
+                        dict(os.environ),
+                        url,
+                        "/health",
+                        tmp / f"litserve-{group}-{workers}.log",
+                    ):
+                        name = f"litserve-w{workers}"
+                        report["points"] += sweep_server(
+                            name, "litserve", url, model, endpoints, inputs, args
+                        )
+            if "inprocess" in args.contenders:
+                for endpoint in endpoints:
+                    result = ceiling(group_dir / model, endpoint, args, tmp)
+                    print(f"ceiling {endpoint} {model}: {result['items_per_s']} items/s, "
+                          f"single p50 {result['single_p50_ms']} ms", flush=True)  # fmt: skip
+                    report["ceiling"].append(result)
+    report["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["targets"] = check_targets(report)
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short points (c=1,16; 2 s) to check the harness"
+    )
+    parser.add_argument(
+        "--groups", nargs="+", choices=list(GROUP_ENDPOINTS), default=list(GROUP_ENDPOINTS)
+    )
+    parser.add_argument(
+        "--endpoints", nargs="+", choices=loadgen.ENDPOINTS, default=list(loadgen.ENDPOINTS)
+    )
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        choices=("ours", "litserve", "inprocess"),
+        default=["ours", "litserve", "inprocess"],
+    )
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=None, help="default 1 4 16 64 (quick: 1 16)"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="measured seconds per point (default 5, quick 2)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="unmeasured seconds per point (default 1, quick 0.5)",
+    )
+    parser.add_argument(
+        "--ceiling-duration",
+        type=float,
+        default=None,
+        help="seconds of the in-process loop (default 5, quick 2)",
+    )
+    parser.add_argument("--max-batch-size", type=int, default=32, help="ours and LitServe alike")
+    parser.add_argument(
+        "--batch-timeout-ms", type=float, default=2.0, help="ours and LitServe alike"
+    )
+    parser.add_argument(
+        "--litserve-workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="LitServe worker counts to try (default 1 2, quick 1)",
+    )
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--models-root", type=Path, default=REPO / "runs" / "bench" / "models")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    q = args.quick
+    args.concurrency = args.concurrency or ([1, 16] if q else [1, 4, 16, 64])
+    args.duration = args.duration or (2.0 if q else 5.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if q else 1.0)
+    args.ceiling_duration = args.ceiling_duration or (2.0 if q else 5.0)
+    args.litserve_workers = args.litserve_workers or ([1] if q else [1, 2])
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    report = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = report["date"][:19].replace(":", "")
+    json_path = args.out / f"{stamp}{'-quick' if args.quick else ''}.json"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    markdown = render_markdown(report)
+    (args.out / "latest.md").write_text(markdown)
+    print("\n" + markdown)
+    print(f"wrote {json_path} and {args.out / 'latest.md'}")
+
+
+if __name__ == "__main__":
+    main()
