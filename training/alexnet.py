@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from models.alexnet import PRESETS, AlexNet
-from models.checkpoint import DatasetInfo, InputSpec, ModelCard
+from models.checkpoint import DatasetInfo, InputSpec, ModelCard, load_checkpoint
 from training.augment import (
     center_crop,
     compute_pca_stats,
@@ -32,6 +32,7 @@ from training.augment import (
     ten_crop,
 )
 from training.data import (
+    DataError,
     ImageSet,
     TensorBatches,
     channel_stats,
@@ -39,7 +40,7 @@ from training.data import (
     resolve_image_source,
     split_indices,
 )
-from training.loop import Batches, Task
+from training.loop import Batches, Task, select_device, update_card
 
 SMALL = {"size": 32, "crop": 28}
 FULL = {"size": 256, "crop": 224}
@@ -136,6 +137,28 @@ def predict_small(
     return torch.cat(out)
 
 
+@torch.no_grad()
+def predict_loader(
+    model: nn.Module,
+    loader: DataLoader,
+    mean: Tensor,
+    std: Tensor,
+    crop: int,
+    use_ten_crop: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Softmax probabilities (N, C) and labels (N,) over a loader of (uint8 images, labels)."""
+    scores, labels = [], []
+    for x, y in loader:
+        scores.append(predict_small(model, x, mean, std, crop, use_ten_crop, batch_size=len(x)))
+        labels.append(y)
+    return torch.cat(scores), torch.cat(labels)
+
+
+def _errors(scores: Tensor, labels: Tensor, suffix: str = "") -> dict[str, float]:
+    errors = topk_errors(scores, labels.to(scores.device))
+    return {f"val_top1_err{suffix}": errors[1], f"val_top5_err{suffix}": errors[5]}
+
+
 def small_image_set(args: argparse.Namespace, progress: bool) -> ImageSet:
     """The training tree of alexnet-small, decoded once (cached under --cache-dir)."""
     source = args.packed or Path(args.data_dir)
@@ -171,7 +194,7 @@ def _task(
     crop_on_device: bool,
     evaluate: Callable[[nn.Module, int], dict[str, float]],
     classes: list[str],
-    splits: tuple[str, str],
+    split: tuple[DatasetInfo, dict[str, int]],
 ) -> Task:
     """Step function and card shared by both presets; `evaluate` and the data differ."""
     mean, std = torch.tensor(prep.mean, device=device), torch.tensor(prep.std, device=device)
@@ -203,9 +226,7 @@ def _task(
                 channels=3, size=(c, c), resize=prep.size, mean=prep.mean, std=prep.std
             ),
             labels=classes,
-            dataset=DatasetInfo(
-                name=args.dataset, train_split=splits[0], eval_split=splits[1], seed=args.seed
-            ),
+            dataset=split[0],
             metrics=metrics,
             training={
                 **training,
@@ -214,6 +235,8 @@ def _task(
                 "label_smoothing": args.label_smoothing,
                 "pca_eigvals": prep.eigvals.tolist(),
                 "pca_eigvecs": prep.eigvecs.tolist(),
+                "preset": args.preset,
+                **split[1],
             },
         )
 
@@ -227,12 +250,18 @@ def _task(
     )
 
 
-def _split_names(n_train: int, n_val: int, total: int, source: str, seed: int) -> tuple[str, str]:
-    return (
-        f"{n_train} of {total} training images ({source})",
-        f"val: {n_val} training images held out by a seeded random split (seed {seed}); "
-        "not the official test set",
+def _split(
+    args: argparse.Namespace, n_val: int, total: int, source: str
+) -> tuple[DatasetInfo, dict[str, int]]:
+    """The card's dataset entry, and the sizes eval-alexnet needs to rebuild the split."""
+    info = DatasetInfo(
+        name=args.dataset,
+        train_split=f"{total - n_val} of {total} training images ({source})",
+        eval_split=f"val: {n_val} training images held out by a seeded random split "
+        f"(seed {args.seed}); not the official test set",
+        seed=args.seed,
     )
+    return info, {"val_size": n_val, "dataset_size": total}
 
 
 def build_task(args: argparse.Namespace, device: torch.device, world_size: int, rank: int) -> Task:
@@ -258,12 +287,10 @@ def build_task(args: argparse.Namespace, device: torch.device, world_size: int, 
     mean_t, std_t = torch.tensor(mean), torch.tensor(std)
 
     def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:
-        scores = predict_small(m, val_x, mean_t, std_t, prep.crop)
-        errors = topk_errors(scores, val_y.to(scores.device))
-        return {"val_top1_err": errors[1], "val_top5_err": errors[5]}
+        return _errors(predict_small(m, val_x, mean_t, std_t, prep.crop), val_y)
 
-    splits = _split_names(len(tr), len(va), len(data.labels), data.source, args.seed)
-    return _task(args, device, model, batches, prep, True, evaluate, data.classes, splits)
+    split = _split(args, len(va), len(data.labels), data.source)
+    return _task(args, device, model, batches, prep, True, evaluate, data.classes, split)
 
 
 class LoaderBatches:
@@ -282,6 +309,14 @@ class LoaderBatches:
         self.sampler.set_epoch(epoch)
 
 
+def _eval_image_folder(root: Path, size: int) -> Any:
+    """ImageFolder giving (3, size, size) uint8 images: resize the shorter side, centre crop."""
+    from torchvision import transforms as T
+    from torchvision.datasets import ImageFolder
+
+    return ImageFolder(str(root), T.Compose([T.Resize(size), T.CenterCrop(size), T.PILToTensor()]))
+
+
 def _build_full_task(
     args: argparse.Namespace, device: torch.device, world_size: int, rank: int, progress: bool
 ) -> Task:
@@ -294,8 +329,7 @@ def _build_full_task(
     train_tf = T.Compose(
         [T.Resize(size), T.RandomCrop(crop), T.RandomHorizontalFlip(), T.PILToTensor()]
     )
-    eval_tf = T.Compose([T.Resize(size), T.CenterCrop(crop), T.PILToTensor()])
-    full_train, full_eval = ImageFolder(str(root), train_tf), ImageFolder(str(root), eval_tf)
+    full_train, full_eval = ImageFolder(str(root), train_tf), _eval_image_folder(root, size)
     tr, va = split_indices(len(full_train), args.val_size, args.seed)
     train_ds, val_ds = Subset(full_train, tr.tolist()), Subset(full_eval, va.tolist())
 
@@ -305,7 +339,7 @@ def _build_full_task(
     stats_loader = DataLoader(
         Subset(full_eval, sample.tolist()), batch_size=100, num_workers=args.workers
     )
-    sample_x = torch.cat([x for x, _ in stats_loader])  # (n, 3, 224, 224) uint8
+    sample_x = torch.cat([center_crop(x, crop) for x, _ in stats_loader])  # (n, 3, 224, 224) uint8
     mean, std = channel_stats(sample_x)
     prep = Prep(mean, std, *compute_pca_stats(sample_x), size=size, crop=crop)
     del sample_x
@@ -325,16 +359,79 @@ def _build_full_task(
     val_loader = DataLoader(val_ds, shuffle=False, **loader_kw)
     torch.manual_seed(args.seed)
     model = AlexNet(replace(PRESETS[args.preset], num_classes=len(full_train.classes)))
-    mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
+    mean_t, std_t = torch.tensor(mean), torch.tensor(std)
 
     def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:
-        scores, labels = [], []
-        for x, y in val_loader:
-            x = normalize(x.to(device).float().div_(255), mean_t, std_t)
-            scores.append(m(x).float())
-            labels.append(y.to(device))
-        errors = topk_errors(torch.cat(scores), torch.cat(labels))
-        return {"val_top1_err": errors[1], "val_top5_err": errors[5]}
+        return _errors(*predict_loader(m, val_loader, mean_t, std_t, crop))
 
-    splits = _split_names(len(tr), len(va), len(full_train), f"ImageFolder {root}", args.seed)
-    return _task(args, device, model, batches, prep, False, evaluate, full_train.classes, splits)
+    split = _split(args, len(va), len(full_train), f"ImageFolder {root}")
+    return _task(args, device, model, batches, prep, False, evaluate, full_train.classes, split)
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """The `eval-alexnet` subcommand's options beyond the common ones (cli.py)."""
+    p.add_argument(
+        "--packed", type=Path, default=None, help="read the images from this pack file instead"
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="reuse or write the decoded-image cache here (default: none)",
+    )
+    p.add_argument(
+        "--ten-crop",
+        action="store_true",
+        help="average the softmax over ten crops (corners, centre, and their mirror images); "
+        "stored as val_top1_err_tencrop / val_top5_err_tencrop",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=250, help="images per forward pass (default: %(default)s)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="DataLoader workers, full-size preset only (default: %(default)s)",
+    )
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> ModelCard:
+    """`eval-alexnet`: top-1/top-5 error on the card's validation split, written into the card."""
+    device = select_device(args.device)
+    model, card = load_checkpoint(args.checkpoint, device)
+    t, name = card.training, card.dataset.name
+    n_val, total, seed = int(t["val_size"]), int(t["dataset_size"]), card.dataset.seed or 0
+    size, crop = card.input.resize or card.input.size[0], card.input.size[0]
+    mean, std = torch.tensor(card.input.mean), torch.tensor(card.input.std)
+    progress = args.progress and sys.stderr.isatty()
+    source = args.packed or Path(args.data_dir)
+    if t.get("preset", "alexnet-small") == "alexnet-small":
+        data = load_small_images(
+            source,
+            name,
+            size=size,
+            cache_dir=args.cache_dir,
+            download=args.download,
+            progress=progress,
+        )
+        classes, n = data.classes, len(data.labels)
+    else:
+        folder = _eval_image_folder(resolve_image_source(source, name), size)
+        classes, n = folder.classes, len(folder)
+    if n != total or classes != card.labels:
+        raise DataError(
+            f"{source} holds {n} images of classes {classes[:3]}...; the checkpoint was trained on "
+            f"{total} images of {card.labels[:3]}...: not the same data, so not the same split"
+        )
+    _, va = split_indices(total, n_val, seed)
+    if t.get("preset", "alexnet-small") == "alexnet-small":
+        x, labels = data.images[va], data.labels[va]
+        scores = predict_small(model, x, mean, std, crop, args.ten_crop, args.batch_size)
+    else:
+        loader = DataLoader(
+            Subset(folder, va.tolist()), batch_size=args.batch_size, num_workers=args.workers
+        )
+        scores, labels = predict_loader(model, loader, mean, std, crop, args.ten_crop)
+    metrics = _errors(scores, labels, "_tencrop" if args.ten_crop else "")
+    return update_card(args.checkpoint, card, metrics)

@@ -9,12 +9,16 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from models.checkpoint import CheckpointError
 from training import alexnet, vae
+from training.data import DataError
 from training.loop import LoopOptions, fit, setup_distributed
+from training.pack import PackError, write_pack
 
 
 def _add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,6 +104,28 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_eval_arguments(p: argparse.ArgumentParser, data: str) -> None:
+    """Options common to the evaluation commands."""
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="checkpoint directory (model.safetensors + config.json); its card is updated in place",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data"),
+        help="the data the checkpoint was trained on, as for training (default: %(default)s)",
+    )
+    p.add_argument(
+        "--download", action="store_true", help=f"let torchvision download {data} into --data-dir"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)"
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole CLI."""
     parser = argparse.ArgumentParser(
@@ -122,6 +148,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_training_arguments(p)
     alexnet.add_arguments(p)
+    p = sub.add_parser(
+        "eval-vae",
+        help="lower bound and importance-sampled log p(x) of a VAE checkpoint",
+        description="Evaluate a VAE checkpoint on the split its card names (MNIST test set, "
+        "binarised with the recorded seed; Frey Face validation split) and write the lower bound "
+        "and the importance-sampled log-likelihood into its card.",
+    )
+    _add_eval_arguments(p, "MNIST")
+    vae.add_eval_arguments(p)
+    p = sub.add_parser(
+        "eval-alexnet",
+        help="top-1/top-5 error of an AlexNet checkpoint on its validation split",
+        description="Evaluate an AlexNet checkpoint on the seeded validation split its card "
+        "records and write top-1/top-5 error into its card.",
+    )
+    _add_eval_arguments(p, "CIFAR-10")
+    alexnet.add_eval_arguments(p)
+    p = sub.add_parser(
+        "pack-imagefolder",
+        help="pack an ImageFolder tree into one file (for transfer)",
+        description="Pack the image files of an ImageFolder tree (raw bytes, no re-encoding) into "
+        "one file with a JSON index; train from it with `alexnet --packed FILE`.",
+    )
+    p.add_argument("src", type=Path, help="ImageFolder root: one folder of images per class")
+    p.add_argument("out", type=Path, help="the pack file to write")
     return parser
 
 
@@ -147,8 +198,25 @@ def _loop_options(args: argparse.Namespace) -> LoopOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
+    """Entry point; returns the process exit status (2 for unusable data or checkpoints)."""
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (DataError, PackError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "pack-imagefolder":
+        n = write_pack(args.src, args.out)
+        print(f"packed {n} images into {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)")
+        return 0
+    if args.command in ("eval-vae", "eval-alexnet"):
+        module = vae if args.command == "eval-vae" else alexnet
+        card = module.evaluate_checkpoint(args)
+        print(json.dumps(card.metrics, indent=2))
+        return 0
     if args.command in ("vae", "alexnet"):
         if args.run_dir is None:
             args.run_dir = Path("runs") / f"{args.command}-{args.dataset}"
@@ -159,4 +227,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         if card is not None:
             print(f"metrics: {card.metrics}", file=sys.stderr)
         return 0
-    return 2
+    raise AssertionError(f"unhandled command {args.command}")  # argparse allows no other

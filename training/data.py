@@ -21,8 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data.distributed import DistributedSampler
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-PACK_MAGIC = b"IMGPACK1"
+from training.pack import list_image_folder, read_pack
 
 
 class DataError(Exception):
@@ -125,22 +124,6 @@ class ImageSet:
     source: str
 
 
-def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """ImageFolder order: sorted class folders, sorted files in each; (classes, [(path, label)])."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"no class folders in {root}")
-    items = [
-        (f, label)
-        for label, c in enumerate(classes)
-        for f in sorted((root / c).iterdir())
-        if f.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    if not items:
-        raise DataError(f"no images under {root}")
-    return classes, items
-
-
 def decode_image(data: bytes, size: int) -> Tensor:
     """Encoded image bytes -> (3, size, size) uint8, resized only if not already that size."""
     with Image.open(io.BytesIO(data)) as f:
@@ -157,45 +140,6 @@ def _decode_all(blobs: Iterator[bytes], n: int, size: int, desc: str, progress: 
     for i, blob in enumerate(tqdm(blobs, total=n, desc=desc, disable=not progress, leave=False)):
         out[i] = decode_image(blob, size)
     return out.permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
-
-
-def write_pack(src: Path, out: Path) -> int:
-    """Pack an ImageFolder tree's files (raw bytes, ImageFolder order) into one file; returns N.
-
-    Layout: magic b"IMGPACK1", 8-byte little-endian header length, UTF-8 JSON header
-    {classes, labels, offsets, lengths, names}, then the concatenated file bytes. No pickle.
-    """
-    classes, items = list_image_folder(src)
-    blobs = [p.read_bytes() for p, _ in items]
-    offsets, pos = [], 0
-    for b in blobs:
-        offsets.append(pos)
-        pos += len(b)
-    header = json.dumps(
-        {
-            "classes": classes,
-            "labels": [label for _, label in items],
-            "offsets": offsets,
-            "lengths": [len(b) for b in blobs],
-            "names": [f"{p.parent.name}/{p.name}" for p, _ in items],
-        }
-    ).encode()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("wb") as f:
-        f.write(PACK_MAGIC + len(header).to_bytes(8, "little") + header)
-        for b in blobs:
-            f.write(b)
-    return len(items)
-
-
-def read_pack(path: Path) -> tuple[dict[str, list], memoryview]:
-    """Parse a pack file: (header dict, the bytes after the header)."""
-    raw = path.read_bytes()
-    if raw[:8] != PACK_MAGIC:
-        raise DataError(f"{path}: not an image pack (bad magic)")
-    n = int.from_bytes(raw[8:16], "little")
-    header = json.loads(raw[16 : 16 + n])
-    return header, memoryview(raw)[16 + n :]
 
 
 def resolve_image_source(data_dir: Path, dataset: str) -> Path:

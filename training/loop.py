@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from models.checkpoint import ModelCard, save_checkpoint
+from models.checkpoint import CARD_FILE, ModelCard, save_checkpoint
 
 # (model, batch) -> (mean loss over the batch, number of examples in it)
 StepFn = Callable[[nn.Module, Any], tuple[Tensor, int]]
@@ -364,3 +364,19 @@ def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> 
         dist.barrier()
         dist.destroy_process_group()
     return card if info.is_main else None
+
+
+def update_card(
+    directory: Path, card: ModelCard, metrics: dict[str, float], **training: Any
+) -> ModelCard:
+    """Rewrite only a checkpoint's card with new metrics (and training notes).
+
+    The weights file is not touched, so the card's weights_sha256 stays valid; created_at and
+    code_version are kept too: they describe the weights, not this evaluation.
+    """
+    update = {"metrics": {**card.metrics, **metrics}, "training": {**card.training, **training}}
+    card = card.model_copy(update=update)
+    tmp = directory / f"{CARD_FILE}.tmp"
+    tmp.write_text(card.model_dump_json(indent=2) + "\n")
+    tmp.replace(directory / CARD_FILE)
+    return card

@@ -4,20 +4,52 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from models.checkpoint import DatasetInfo, InputSpec, ModelCard
+from models.checkpoint import DatasetInfo, InputSpec, ModelCard, load_checkpoint
 from models.vae import VAE, VAEConfig
 from training.data import TensorBatches, load_frey, load_mnist, split_indices
-from training.loop import Task
+from training.loop import Task, select_device, update_card
 
 TEST_BINARIZE_SEED = 0  # the MNIST test set is binarised once, with this seed
 EVAL_SEED = 1  # fixed sample for the per-epoch test ELBO, so epochs compare like with like
 DEFAULT_HIDDEN = {"mnist": 500, "frey": 200}
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """The `eval-vae` subcommand's options beyond the common ones (cli.py)."""
+    p.add_argument(
+        "--k",
+        type=int,
+        default=5000,
+        help="importance samples per image (default: %(default)s, as reported)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="evaluate only the first N images; metrics are then stored as <key>_first<N> (default: all)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=20,
+        help="images per importance-sampling batch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=500,
+        help="samples per decoder pass; memory ~ chunk x batch x pixels (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the importance samples (default: %(default)s)"
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,10 +106,69 @@ def binarize_fixed(x_uint8: Tensor, seed: int = TEST_BINARIZE_SEED) -> Tensor:
     return torch.bernoulli(x_uint8.float() / 255, generator=g)
 
 
+def eval_split(card: ModelCard, data_dir: Path, download: bool = False) -> tuple[str, Tensor]:
+    """The split a VAE card was evaluated on, rebuilt: (name, images (N, H, W) in [0, 1])."""
+    if card.dataset.name == "mnist":
+        test_u8, _ = load_mnist(data_dir, train=False, download=download)
+        return "test", binarize_fixed(test_u8)
+    if card.dataset.name == "frey-face":
+        faces = load_frey(data_dir).float().div_(255)
+        seed = card.dataset.seed if card.dataset.seed is not None else 0
+        _, va = split_indices(len(faces), int(card.training["val_size"]), seed)
+        return "val", faces[va]
+    raise ValueError(f"unknown VAE dataset {card.dataset.name!r} in the card")
+
+
+def importance_log_px(
+    model: VAE,
+    x: Tensor,
+    k: int,
+    batch_size: int = 20,
+    chunk: int = 500,
+    seed: int = 0,
+    progress: bool = False,
+) -> Tensor:
+    """log p(x) estimated with k importance samples per image, (N, H, W) -> (N,), batched."""
+    from tqdm import tqdm
+
+    p = next(model.parameters())
+    g = torch.Generator(device=p.device).manual_seed(seed)
+    out = []
+    for i in tqdm(range(0, len(x), batch_size), desc=f"log p(x), k={k}", disable=not progress):
+        xb = x[i : i + batch_size].to(p.device, torch.float32)
+        out.append(
+            model.importance_log_likelihood(xb, k=k, chunk=chunk, generator=g).double().cpu()
+        )
+    return torch.cat(out)
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> ModelCard:
+    """`eval-vae`: lower bound and importance-sampled log p(x) on the card's split, into the card."""
+    device = select_device(args.device)
+    model, card = load_checkpoint(args.checkpoint, device)
+    assert isinstance(model, VAE)
+    split, x = eval_split(card, Path(args.data_dir), args.download)
+    suffix = ""
+    if args.limit is not None and args.limit < len(x):
+        x, suffix = x[: args.limit], f"_first{args.limit}"
+    progress = args.progress and sys.stderr.isatty()
+    elbo = evaluate_elbo(model, x)
+    log_px = importance_log_px(model, x, args.k, args.batch_size, args.chunk, args.seed, progress)
+    metrics = {f"{split}_elbo{suffix}": elbo, f"{split}_log_px{suffix}": log_px.mean().item()}
+    note = {
+        "k": args.k,
+        "images": len(x),
+        "seed": args.seed,
+        "estimator": "importance sampling, q(z|x) proposal",
+    }
+    return update_card(args.checkpoint, card, metrics, log_px_evaluation=note)
+
+
 def build_task(args: argparse.Namespace, device: torch.device, world_size: int, rank: int) -> Task:
     """The VAE training task for `args` (see `add_arguments`)."""
     data_dir = Path(args.data_dir)
     hidden = args.hidden or DEFAULT_HIDDEN[args.dataset]
+    extra: dict[str, Any] = {"samples_per_datapoint": 1}
     if args.dataset == "mnist":
         train_u8, _ = load_mnist(data_dir, train=True, download=args.download)
         test_u8, _ = load_mnist(data_dir, train=False, download=args.download)
@@ -103,6 +194,7 @@ def build_task(args: argparse.Namespace, device: torch.device, world_size: int, 
             eval_split=f"val: the other {len(va)} images",
             seed=args.seed,
         )
+        extra["val_size"] = len(va)
     config = VAEConfig(
         image_shape=tuple(train_x.shape[1:]),  # type: ignore[arg-type]
         hidden=hidden,
@@ -140,7 +232,7 @@ def build_task(args: argparse.Namespace, device: torch.device, world_size: int, 
             ),
             dataset=dataset,
             metrics={k: v for k, v in out.items() if math.isfinite(v)},
-            training={**training, "samples_per_datapoint": 1},
+            training={**training, **extra},
         )
 
     return Task(

@@ -1,0 +1,96 @@
+"""`python -m training vae|alexnet` end to end on tiny data in the real on-disk formats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.checkpoint import load_checkpoint
+from models.vae import VAE
+from training.cli import build_parser, main
+
+FAST_VAE = ["--hidden", "16", "--latent", "2", "--batch-size", "50", "--no-progress"]
+FAST_ALEX = ["--val-size", "6", "--batch-size", "6", "--no-progress"]
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_help_explains_every_option() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("vae", "alexnet", "eval-vae", "eval-alexnet", "pack-imagefolder"):
+        for action in sub.choices[name]._actions:
+            assert action.help, f"{name} {action.option_strings} has no help"
+
+
+def test_vae_mnist_one_epoch_writes_metrics_and_a_loadable_checkpoint(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    argv = ["vae", "--data-dir", str(tiny_mnist), "--run-dir", str(run), "--epochs", "1"]
+    assert main(argv + FAST_VAE) == 0
+    (line,) = _metrics(run)
+    assert line["epoch"] == 1 and line["test_elbo"] < 0 and line["train_loss"] > 0
+    model, card = load_checkpoint(run / "export")
+    assert isinstance(model, VAE) and model.config.latent == 2
+    assert card.name == "vae-mnist" and card.config["likelihood"] == "bernoulli"
+    assert card.metrics["test_elbo"] == pytest.approx(line["test_elbo"])
+    assert card.input.channels == 1 and tuple(card.input.size) == (28, 28)
+    assert card.input.mean == [0.0] and card.input.std == [1.0]
+    assert card.training["epochs"] == 1 and card.training["optimizer"] == "adam"
+    assert card.training["machine"]["torch"] == torch.__version__
+    assert "binarised once with seed" in card.dataset.eval_split
+    assert (run / "state.pt").is_file() and not (run / "export" / "state.pt").exists()
+
+
+def test_vae_frey_records_its_validation_split(tiny_frey: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    argv = ["vae", "--dataset", "frey", "--data-dir", str(tiny_frey), "--run-dir", str(run)]
+    assert main([*argv, "--epochs", "1", *FAST_VAE]) == 0
+    _, card = load_checkpoint(run / "export")
+    assert card.config["likelihood"] == "gaussian" and tuple(card.input.size) == (28, 20)
+    assert card.dataset.train_split.startswith("54 of 60") and "6 images" in card.dataset.eval_split
+    assert "val_elbo" in card.metrics
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tiny_mnist: Path, tmp_path: Path) -> None:
+    base = ["vae", "--data-dir", str(tiny_mnist), *FAST_VAE]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main([*base, "--run-dir", str(straight), "--epochs", "2"]) == 0
+    assert main([*base, "--run-dir", str(split), "--epochs", "1"]) == 0
+    assert main([*base, "--run-dir", str(split), "--epochs", "2", "--resume"]) == 0
+    assert [m["epoch"] for m in _metrics(split)] == [1, 2]
+    a = load_file(str(straight / "export" / "model.safetensors"))
+    b = load_file(str(split / "export" / "model.safetensors"))
+    for key in a:  # same data order, same noise, same optimiser state: the same weights
+        torch.testing.assert_close(a[key], b[key])
+    state = torch.load(split / "state.pt", weights_only=True)
+    assert state["epoch"] == 2
+
+
+def test_alexnet_small_trains_on_an_imagefolder_tree(
+    tiny_imagefolder: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    argv = ["alexnet", "--data-dir", str(tiny_imagefolder), "--run-dir", str(run), "--epochs", "1"]
+    assert main(argv + FAST_ALEX) == 0
+    (line,) = _metrics(run)
+    assert 0 <= line["val_top1_err"] <= 1 and line["val_top5_err"] == 0  # 3 classes < 5
+    model, card = load_checkpoint(run / "export")
+    assert card.labels == ["bird", "cat", "ship"] and card.config["num_classes"] == 3
+    assert tuple(card.input.size) == (28, 28) and card.input.resize == 32
+    # each channel is 200 in one class and 40 in the others: mean between, std well above noise
+    assert all(40 / 255 < m < 200 / 255 for m in card.input.mean)
+    assert all(s > 0.2 for s in card.input.std)
+    assert len(card.training["pca_eigvecs"]) == 3 and card.training["momentum"] == 0.9
+    assert card.dataset.train_split.startswith("18 of 24")
+    assert list((run / "cache").glob("*.safetensors"))  # decoded once, cached
+    out = model(torch.zeros(2, 3, 28, 28))
+    assert out.shape == (2, 3)

@@ -1,0 +1,65 @@
+"""eval-vae and eval-alexnet: metrics written into the card, weights still verified."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint, read_card
+from models.vae import VAE
+from training.cli import main
+from training.vae import binarize_fixed, evaluate_elbo, importance_log_px
+
+
+def test_importance_sampled_log_px_is_above_the_elbo(tiny_mnist: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    base = ["--hidden", "16", "--latent", "2", "--batch-size", "50", "--no-progress"]
+    assert (
+        main(["vae", "--data-dir", str(tiny_mnist), "--run-dir", str(run), "--epochs", "1", *base])
+        == 0
+    )
+    before = (run / "export" / "model.safetensors").read_bytes()
+    argv = ["eval-vae", str(run / "export"), "--data-dir", str(tiny_mnist), "--k", "64"]
+    assert main([*argv, "--limit", "40", "--no-progress"]) == 0
+    model, card = load_checkpoint(run / "export")  # sha256 still matches after the rewrite
+    assert isinstance(model, VAE)
+    assert (run / "export" / "model.safetensors").read_bytes() == before
+    m = card.metrics
+    assert m["test_log_px_first40"] > m["test_elbo_first40"]
+    assert card.training["log_px_evaluation"]["k"] == 64
+    # per image, averaged over several ELBO samples: the IS estimate is the tighter bound
+    x = binarize_fixed(torch.randint(0, 256, (30, 28, 28), dtype=torch.uint8))
+    elbo = sum(evaluate_elbo(model, x, seed=s) for s in range(5)) / 5.0
+    assert importance_log_px(model, x, k=64).mean().item() > elbo
+
+
+def test_eval_alexnet_writes_errors_and_ten_crop(tiny_imagefolder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    argv = ["alexnet", "--data-dir", str(tiny_imagefolder), "--run-dir", str(run), "--epochs", "1"]
+    assert main([*argv, "--val-size", "6", "--batch-size", "6", "--no-progress"]) == 0
+    trained = read_card(run / "export").metrics["val_top1_err"]
+    ev = ["eval-alexnet", str(run / "export"), "--data-dir", str(tiny_imagefolder), "--no-progress"]
+    assert main(ev) == 0
+    card = read_card(run / "export")
+    assert card.metrics["val_top1_err"] == pytest.approx(trained)  # same split, same model
+    assert main([*ev, "--ten-crop"]) == 0
+    m = read_card(run / "export").metrics
+    assert {"val_top1_err_tencrop", "val_top5_err_tencrop"} <= set(m)
+    for key in ("val_top1_err_tencrop", "val_top5_err_tencrop"):  # fractions of 6 images
+        assert m[key] * 6 == pytest.approx(round(m[key] * 6))
+
+
+def test_eval_alexnet_refuses_other_data(
+    tiny_imagefolder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    argv = ["alexnet", "--data-dir", str(tiny_imagefolder), "--run-dir", str(run), "--epochs", "1"]
+    assert main([*argv, "--val-size", "6", "--batch-size", "6", "--no-progress"]) == 0
+    next(tiny_imagefolder.glob("ship/*.jpg")).unlink()
+    ev = ["eval-alexnet", str(run / "export"), "--data-dir", str(tiny_imagefolder), "--no-progress"]
+    assert main(ev) == 2
+    assert "not the same data" in capsys.readouterr().err
+    assert json.loads((run / "export" / "config.json").read_text())["metrics"]["val_top1_err"] >= 0
