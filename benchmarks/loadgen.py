@@ -74,12 +74,11 @@ def make_requester(
         if endpoint in ("classify", "encode"):
             assert corpus is not None, f"{endpoint} needs an image corpus"
             data = corpus[i]
-            params = {**query, "top_k": 5} if ours and endpoint == "classify" else query
             name = "image.png" if _mime(data) == "image/png" else "image.jpg"
             return (
                 "POST",
                 f"/{endpoint}",
-                {"params": params, "files": {"image": (name, data, _mime(data))}},
+                {"params": query, "files": {"image": (name, data, _mime(data))}},
             )
         if endpoint == "decode":
             assert latents, "decode needs latent rows"
