@@ -89,7 +89,7 @@ def test_load_generator_requests_work_verbatim_against_our_app(
     model_dir: Path, endpoint: str
 ) -> None:
     """The shapes the benchmark sends are ones our API answers 200 to (no errors in the table)."""
-    settings = Settings(model_dir=model_dir, device="cpu", torch_threads=1, log_level="WARNING")  # type: ignore[call-arg]
+    settings = Settings(model_dir=model_dir, device="cpu", torch_threads=1, log_level="WARNING")
     app = create_app(settings)
     model = "alexnet-cifar10" if endpoint == "classify" else "vae-mnist"
     corpus = (
