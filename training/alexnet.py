@@ -154,6 +154,13 @@ def predict_loader(
     return torch.cat(scores), torch.cat(labels)
 
 
+def confusion_matrix(scores: Tensor, labels: Tensor) -> Tensor:
+    """(N, C) scores, (N,) labels -> (C, C) counts, rows true class, columns predicted."""
+    c = scores.shape[1]
+    pred = scores.argmax(1).cpu()
+    return torch.bincount(labels.cpu() * c + pred, minlength=c * c).view(c, c)
+
+
 def _errors(scores: Tensor, labels: Tensor, suffix: str = "") -> dict[str, float]:
     errors = topk_errors(scores, labels.to(scores.device))
     return {f"val_top1_err{suffix}": errors[1], f"val_top5_err{suffix}": errors[5]}
@@ -192,11 +199,14 @@ def _task(
     batches: Batches,
     prep: Prep,
     crop_on_device: bool,
-    evaluate: Callable[[nn.Module, int], dict[str, float]],
+    predict: Callable[[nn.Module], tuple[Tensor, Tensor]],
     classes: list[str],
     split: tuple[DatasetInfo, dict[str, int]],
 ) -> Task:
-    """Step function and card shared by both presets; `evaluate` and the data differ."""
+    """Step function, evaluation, card and figures shared by both presets.
+
+    `predict` gives (softmax scores (N, C), labels (N,)) on the validation split.
+    """
     mean, std = torch.tensor(prep.mean, device=device), torch.tensor(prep.std, device=device)
     eigvals, eigvecs = prep.eigvals.to(device), prep.eigvecs.to(device)
     channels_last = device.type == "cuda"
@@ -212,6 +222,15 @@ def _task(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return F.cross_entropy(m(x), y, label_smoothing=args.label_smoothing), len(y)
+
+    def make_figures(m: nn.Module, run_dir: Path) -> None:
+        from training import plots
+
+        keys = ["train_loss", "val_top1_err", "val_top5_err", "lr"]
+        plots.plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", keys)
+        with torch.no_grad():
+            scores, labels = predict(m)
+        plots.plot_confusion(confusion_matrix(scores, labels), classes, run_dir / "confusion.png")
 
     def make_card(metrics: dict[str, float], training: dict[str, Any]) -> ModelCard:
         c = prep.crop
@@ -244,8 +263,9 @@ def _task(
         model=model,
         train_batches=batches,
         step_fn=step,
-        evaluate=evaluate,
+        evaluate=lambda m, epoch: _errors(*predict(m)),
         make_card=make_card,
+        make_figures=make_figures,
         best_metric=("val_top1_err", False),
     )
 
@@ -286,11 +306,11 @@ def build_task(args: argparse.Namespace, device: torch.device, world_size: int, 
     )
     mean_t, std_t = torch.tensor(mean), torch.tensor(std)
 
-    def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:
-        return _errors(predict_small(m, val_x, mean_t, std_t, prep.crop), val_y)
+    def predict(m: nn.Module) -> tuple[Tensor, Tensor]:
+        return predict_small(m, val_x, mean_t, std_t, prep.crop), val_y
 
     split = _split(args, len(va), len(data.labels), data.source)
-    return _task(args, device, model, batches, prep, True, evaluate, data.classes, split)
+    return _task(args, device, model, batches, prep, True, predict, data.classes, split)
 
 
 class LoaderBatches:
@@ -361,11 +381,11 @@ def _build_full_task(
     model = AlexNet(replace(PRESETS[args.preset], num_classes=len(full_train.classes)))
     mean_t, std_t = torch.tensor(mean), torch.tensor(std)
 
-    def evaluate(m: nn.Module, epoch: int) -> dict[str, float]:
-        return _errors(*predict_loader(m, val_loader, mean_t, std_t, crop))
+    def predict(m: nn.Module) -> tuple[Tensor, Tensor]:
+        return predict_loader(m, val_loader, mean_t, std_t, crop)
 
     split = _split(args, len(va), len(full_train), f"ImageFolder {root}")
-    return _task(args, device, model, batches, prep, False, evaluate, full_train.classes, split)
+    return _task(args, device, model, batches, prep, False, predict, full_train.classes, split)
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:

@@ -60,6 +60,9 @@ class Task:
     make_figures: Callable[[nn.Module, Path], None] | None = None
     # extra settings recorded in the card's `training` section
     extra_training: dict[str, Any] = field(default_factory=dict)
+    # name of the epoch's mean training loss in metrics.jsonl and the card, and its sign there
+    # (the VAE logs train_elbo = -loss, beside test_elbo)
+    loss_metric: tuple[str, float] = ("train_loss", 1.0)
 
 
 @dataclass
@@ -312,7 +315,8 @@ def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> 
         if info.is_main:
             raw.eval()
             with torch.no_grad():
-                metrics = {"train_loss": loss, **task.evaluate(raw, epoch)}
+                name, sign = task.loss_metric
+                metrics = {name: sign * loss, **task.evaluate(raw, epoch)}
             elapsed += time.perf_counter() - t0
             line = {
                 "epoch": epoch + 1,

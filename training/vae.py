@@ -164,6 +164,25 @@ def evaluate_checkpoint(args: argparse.Namespace) -> ModelCard:
     return update_card(args.checkpoint, card, metrics, log_px_evaluation=note)
 
 
+@torch.no_grad()
+def vae_figures(model: VAE, x: Tensor, split: str, run_dir: Path, seed: int = 0) -> None:
+    """Training curves, 100 samples, reconstructions of 20 held-out images, 2-D manifold."""
+    from training import plots
+
+    keys = ["train_elbo", f"{split}_elbo", "lr"]
+    plots.plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", keys)
+    p = next(model.parameters())
+    _, samples = model.sample(100, generator=torch.Generator(device=p.device).manual_seed(seed))
+    plots.save_image_grid(samples.float().cpu(), run_dir / "samples.png", nrow=10)
+    inputs = x[:20, None].to(p.device, torch.float32)  # (20, 1, H, W)
+    mean, _ = model.encode(inputs)
+    plots.plot_reconstructions(
+        inputs.cpu(), model.decode(mean).float().cpu(), run_dir / "reconstructions.png"
+    )
+    if model.config.latent == 2:
+        plots.plot_manifold(model, run_dir / "manifold.png")
+
+
 def build_task(args: argparse.Namespace, device: torch.device, world_size: int, rank: int) -> Task:
     """The VAE training task for `args` (see `add_arguments`)."""
     data_dir = Path(args.data_dir)
@@ -219,9 +238,6 @@ def build_task(args: argparse.Namespace, device: torch.device, world_size: int, 
         return {f"{eval_name}_elbo": evaluate_elbo(m, eval_x)}  # type: ignore[arg-type]
 
     def make_card(metrics: dict[str, float], training: dict[str, Any]) -> ModelCard:
-        out = {k: v for k, v in metrics.items() if k != "train_loss"}
-        if "train_loss" in metrics:
-            out["train_elbo"] = -metrics["train_loss"]
         return ModelCard(
             name=f"vae-{args.dataset}",
             architecture="vae",
@@ -231,7 +247,7 @@ def build_task(args: argparse.Namespace, device: torch.device, world_size: int, 
                 channels=1, size=config.image_shape, resize=None, mean=[0.0], std=[1.0]
             ),
             dataset=dataset,
-            metrics={k: v for k, v in out.items() if math.isfinite(v)},
+            metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
             training={**training, **extra},
         )
 
@@ -241,6 +257,8 @@ def build_task(args: argparse.Namespace, device: torch.device, world_size: int, 
         step_fn=step,
         evaluate=evaluate,
         make_card=make_card,
+        make_figures=lambda m, run_dir: vae_figures(m, eval_x, eval_name, run_dir),  # type: ignore[arg-type]
+        loss_metric=("train_elbo", -1.0),
         best_metric=(f"{eval_name}_elbo", True),
         extra_training={"objective": "SGVB lower bound (paper eq. 10), KL in closed form"},
     )

@@ -10,6 +10,7 @@ import torch
 
 from models.checkpoint import load_checkpoint, read_card
 from models.vae import VAE
+from training.alexnet import confusion_matrix
 from training.cli import main
 from training.vae import binarize_fixed, evaluate_elbo, importance_log_px
 
@@ -63,3 +64,10 @@ def test_eval_alexnet_refuses_other_data(
     assert main(ev) == 2
     assert "not the same data" in capsys.readouterr().err
     assert json.loads((run / "export" / "config.json").read_text())["metrics"]["val_top1_err"] >= 0
+
+
+def test_confusion_matrix_counts_true_rows_against_predicted_columns() -> None:
+    scores = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.0, 0.1, 0.9]])
+    labels = torch.tensor([0, 1, 2, 2])
+    expected = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 1]])
+    assert torch.equal(confusion_matrix(scores, labels), expected)
