@@ -134,7 +134,12 @@ class Batcher(Generic[In, Out]):
             raise DeadlineExceeded(f"inference did not finish within {timeout:g} s") from None
         finally:
             for f in futures:
-                f.cancel()  # no-op on done futures; drops items not yet in a batch
+                f.cancel()  # no-op on done futures
+            if any(f.cancelled() for f in futures):
+                # Abandoned (deadline, disconnect): free their queue slots now, so they neither
+                # run nor count against max_queue.
+                self._queue = deque(entry for entry in self._queue if not entry[1].done())
+                self._queue_changed()
 
     def _retry_after(self) -> int:
         batches_ahead = math.ceil(len(self._queue) / self.max_batch_size)

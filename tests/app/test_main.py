@@ -1,0 +1,262 @@
+"""App-wide behaviour: start-up faults, API key, request ids, 413 streaming, 500s, lazy app."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.app.conftest import make_alexnet, make_vae, png_bytes, test_settings, wait_ready
+
+IMAGE = [("image", ("x.png", png_bytes(), "image/png"))]
+
+
+def broken_dir(tmp_path: Path, fault: str) -> Path:
+    make_alexnet(tmp_path)
+    make_vae(tmp_path)
+    make_vae(tmp_path, name="vae-frey")
+    target = tmp_path / "vae-frey"
+    weights = target / "model.safetensors"
+    if fault == "truncated":
+        weights.write_bytes(weights.read_bytes()[:100])
+        card = json.loads((target / "config.json").read_text())
+        card["weights_sha256"] = __import__("hashlib").sha256(weights.read_bytes()).hexdigest()
+        (target / "config.json").write_text(json.dumps(card))
+    elif fault == "sha256":
+        weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    elif fault == "card":
+        card = json.loads((target / "config.json").read_text())
+        card["config"]["hidden"] = 32  # the weights have 16
+        (target / "config.json").write_text(json.dumps(card))
+    elif fault == "missing-weights":
+        weights.unlink()
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("fault", "words"),
+    [
+        ("truncated", "unreadable safetensors"),
+        ("sha256", "does not match the card"),
+        ("card", "do not match the card's architecture"),
+        ("missing-weights", "weights file not found"),
+    ],
+)
+def test_a_bad_checkpoint_is_left_out_and_reported(tmp_path: Path, fault: str, words: str) -> None:
+    root = broken_dir(tmp_path, fault)
+    with TestClient(create_app(test_settings(root))) as c:
+        wait_ready(c)
+        ready = c.get("/readyz").json()
+        assert ready["models"] == ["alexnet-cifar10", "vae-mnist"]
+        [failed] = ready["failed"]
+        assert (
+            failed["name"] == "vae-frey"
+            and words in failed["error"]
+            and "vae-frey" in failed["error"]
+        )
+        assert c.get("/models").json()["failed"] == ready["failed"]
+        assert c.post("/decode?model=vae-frey", json={"z": [[0.0] * 3]}).status_code == 404
+        assert c.post("/decode", json={"z": [[0.0] * 3]}).status_code == 200
+
+
+def test_require_all_models_refuses_to_start(tmp_path: Path) -> None:
+    root = broken_dir(tmp_path, "sha256")
+    app = create_app(test_settings(root, require_all_models=True))
+    with pytest.raises(RuntimeError, match="vae-frey"), TestClient(app):
+        pass
+
+
+def test_empty_model_dir_refuses_to_start(tmp_path: Path) -> None:
+    with (
+        pytest.raises(RuntimeError, match="no models in"),
+        TestClient(create_app(test_settings(tmp_path))),
+    ):
+        pass
+
+
+def test_no_loadable_model_is_never_ready(tmp_path: Path) -> None:
+    make_vae(tmp_path)
+    (tmp_path / "vae-mnist" / "model.safetensors").write_bytes(b"junk")
+    with TestClient(create_app(test_settings(tmp_path))) as c:
+        for _ in range(200):
+            if c.app.state.registry.loaded:  # type: ignore[attr-defined]
+                break
+            time.sleep(0.01)
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["detail"] == "no model could be loaded"
+        assert c.get("/healthz").status_code == 200
+
+
+def test_default_falls_back_to_first_loaded_of_its_kind(tmp_path: Path) -> None:
+    make_alexnet(tmp_path, name="alexnet-other")
+    make_vae(tmp_path, name="vae-frey")
+    with TestClient(create_app(test_settings(tmp_path))) as c:
+        wait_ready(c)
+        assert c.post("/classify", files=IMAGE).json()["model"] == "alexnet-other"
+        assert (
+            c.get("/sample?n=1", headers={"Accept": "application/json"}).json()["model"]
+            == "vae-frey"
+        )
+
+
+def test_api_key(model_dir: Path) -> None:
+    key = "s3cret-key-123"
+    with TestClient(create_app(test_settings(model_dir, api_key=key))) as c:
+        wait_ready(c)
+        r = c.post("/classify", files=IMAGE)
+        assert r.status_code == 401 and "X-API-Key" in r.json()["detail"]
+        assert c.get("/models", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert c.get("/models", headers={"X-API-Key": key}).status_code == 200
+        assert c.post("/classify", files=IMAGE, headers={"X-API-Key": key}).status_code == 200
+        for probe in ("/healthz", "/readyz", "/metrics"):
+            assert c.get(probe).status_code == 200
+    with TestClient(create_app(test_settings(model_dir, api_key=key, open_probes=False))) as c:
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/readyz", headers={"X-API-Key": key}).status_code in (200, 503)
+
+
+def test_request_id_is_echoed_or_made_and_logged(client: TestClient) -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("app").addHandler(handler)
+    logging.getLogger("app").setLevel(logging.INFO)
+    try:
+        r = client.get("/models/nope", headers={"X-Request-ID": "abc-123"})
+        made = client.get("/healthz").headers["x-request-id"]
+        forged = client.get("/healthz", headers={"X-Request-ID": "bad id\nINFO fake"}).headers[
+            "x-request-id"
+        ]
+    finally:
+        logging.getLogger("app").removeHandler(handler)
+    assert r.headers["x-request-id"] == "abc-123" and r.json()["request_id"] == "abc-123"
+    assert len(made) == 32 and forged != "bad id\nINFO fake"
+    access = [
+        rec for rec in records if rec.name == "app.access" and "/models/nope" in rec.getMessage()
+    ]
+    assert access and getattr(access[0], "status", None) == 404
+
+
+def test_upload_over_limit_is_413(model_dir: Path) -> None:
+    big = png_bytes(size=(600, 600), mode="RGB", fmt="BMP")  # ~1 MB, limit 64 KiB
+    with TestClient(create_app(test_settings(model_dir, max_upload_bytes=65536))) as c:
+        wait_ready(c)
+        r = c.post("/classify", files=[("image", ("x.bmp", big, "image/bmp"))])
+        assert r.status_code == 413 and "65536" in r.json()["detail"]
+
+        def chunks():  # no Content-Length: the streamed count must stop it
+            for _ in range(100):
+                yield b"x" * 4096
+
+        r = c.post("/encode", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert c.post("/classify", files=IMAGE).status_code == 200
+
+
+def test_decompression_bomb_is_413(client: TestClient) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (10000, 10000)).save(buf, "PNG")  # 100 Mpx in a few kB; limit 40 Mpx
+    r = client.post("/classify", files=[("image", ("bomb.png", buf.getvalue(), "image/png"))])
+    assert r.status_code == 413 and "pixels" in r.json()["detail"]
+
+
+class FaultyModel(torch.nn.Module):
+    """Wraps a model: raises on the first `fail` calls, or blocks on `gate` before each call."""
+
+    def __init__(
+        self, inner: torch.nn.Module, fail: int = 0, gate: threading.Event | None = None
+    ) -> None:
+        super().__init__()
+        self.inner, self.fail, self.gate = inner, fail, gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            self.gate.wait(5)
+        if self.fail > 0:
+            self.fail -= 1
+            raise RuntimeError("CUDA exploded at /secret/path.py line 3")
+        return self.inner(x)
+
+
+def patch_classifier(c: TestClient, **kwargs: object) -> None:
+    p = c.app.state.registry.predictors["alexnet-cifar10"]  # type: ignore[attr-defined]
+    p.model = FaultyModel(p.model, **kwargs)  # type: ignore[arg-type]
+
+
+def test_inference_error_is_500_with_request_id_and_service_survives(client: TestClient) -> None:
+    patch_classifier(client, fail=1)
+    r = client.post("/classify", files=IMAGE, headers={"X-Request-ID": "req-500"})
+    assert r.status_code == 500
+    body = r.json()
+    assert body["request_id"] == "req-500" and "req-500" in body["detail"]
+    assert "secret" not in r.text and "Traceback" not in r.text
+    assert client.post("/classify", files=IMAGE).status_code == 200
+    assert (
+        'modelserve_inference_errors_total{model="alexnet-cifar10",op="classify"} 1.0'
+        in client.get("/metrics").text
+    )
+
+
+def test_overloaded_is_503_with_retry_after_and_deadline_504(model_dir: Path) -> None:
+    gate = threading.Event()
+    settings = test_settings(model_dir, max_batch_size=1, max_queue=2, request_timeout_s=1.0)
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        patch_classifier(c, gate=gate)
+        batcher = c.app.state.registry.batchers["alexnet-cifar10", "classify"]  # type: ignore[attr-defined]
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                first = [pool.submit(c.post, "/classify", files=IMAGE) for _ in range(3)]
+                deadline = time.monotonic() + 5
+                while batcher.queued < 2 and time.monotonic() < deadline:
+                    time.sleep(0.005)  # one in the forward pass, two queued: the queue is full
+                r = c.post("/classify", files=IMAGE)
+                assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+                statuses = sorted(f.result().status_code for f in first)
+        finally:
+            gate.set()
+        assert statuses == [504, 504, 504]  # all blocked past the 1 s deadline
+        metrics = c.get("/metrics").text
+        assert 'modelserve_rejected_requests_total{reason="overloaded"} 1.0' in metrics
+        assert 'modelserve_rejected_requests_total{reason="deadline"} 3.0' in metrics
+        r = c.post("/classify", files=IMAGE)
+        assert r.status_code == 200  # recovers
+
+
+def test_module_level_app_is_built_lazily_from_the_environment(model_dir: Path) -> None:
+    code = (
+        "import sys, app.main as m; assert 'app' not in vars(m); a = m.app; "
+        "print(type(a).__name__, a.state.settings.model_dir)"
+    )
+    env = {"MODELSERVE_MODEL_DIR": str(model_dir), "PATH": "/usr/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[2],
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["FastAPI", str(model_dir)]
+    bad = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env | {"MODELSERVE_MAX_BATCH_SIZE": "0"},
+        cwd=Path(__file__).parents[2],
+    )
+    assert bad.returncode != 0 and "MODELSERVE_" in bad.stderr and "max_batch_size" in bad.stderr
