@@ -68,8 +68,11 @@ def free_port() -> int:
 @contextlib.contextmanager
 def server(
     cmd: list[str], env: dict[str, str], url: str, probe: str, log: Path, startup_s: float = 180.0
-) -> Iterator[None]:
-    """Run `cmd` in its own process group until the block ends; wait for `probe` to answer 200."""
+) -> Iterator[int]:
+    """Run `cmd` in its own process group until the block ends; wait for `probe` to answer 200.
+
+    Yields the server's process id (the group leader).
+    """
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
@@ -89,7 +92,7 @@ def server(
                     f"{cmd[2]} not ready after {startup_s}s:\n{log.read_text()[-3000:]}"
                 )
             time.sleep(0.5)
-        yield
+        yield proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)  # the group: LitServe's worker processes too
@@ -99,6 +102,40 @@ def server(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def serve_ours(
+    model_dir: Path, model: str, max_batch_size: int, batch_timeout_ms: float, log: Path
+) -> Iterator[tuple[str, int]]:
+    """Our service (uvicorn, one process) on `model_dir`; yields (base URL, pid)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ,
+           "MODELSERVE_MODEL_DIR": str(model_dir),
+           "MODELSERVE_DEFAULT_CLASSIFIER": model, "MODELSERVE_DEFAULT_VAE": model,
+           "MODELSERVE_MAX_BATCH_SIZE": str(max_batch_size),
+           "MODELSERVE_BATCH_TIMEOUT_MS": str(batch_timeout_ms),
+           "MODELSERVE_LOG_LEVEL": "WARNING"}  # fmt: skip
+    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+           "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    with server(cmd, env, url, "/readyz", log) as pid:
+        yield url, pid
+
+
+@contextlib.contextmanager
+def serve_litserve(
+    checkpoint: Path, workers: int, max_batch_size: int, batch_timeout_ms: float, log: Path
+) -> Iterator[tuple[str, int]]:
+    """The LitServe contender on one checkpoint; yields (base URL, pid)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "benchmarks.litserve_server", str(checkpoint),
+           "--port", str(port), "--workers", str(workers),
+           "--max-batch-size", str(max_batch_size),
+           "--batch-timeout-ms", str(batch_timeout_ms)]  # fmt: skip
+    with server(cmd, dict(os.environ), url, "/health", log) as pid:
+        yield url, pid
 
 
 def machine() -> dict[str, Any]:
@@ -220,35 +257,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             print(f"\n== {group}: {model} ({', '.join(endpoints)})", flush=True)
             if "ours" in args.contenders:
-                port = free_port()
-                url = f"http://127.0.0.1:{port}"
-                env = {**os.environ,
-                       "MODELSERVE_MODEL_DIR": str(group_dir),
-                       "MODELSERVE_DEFAULT_CLASSIFIER": model, "MODELSERVE_DEFAULT_VAE": model,
-                       "MODELSERVE_MAX_BATCH_SIZE": str(args.max_batch_size),
-                       "MODELSERVE_BATCH_TIMEOUT_MS": str(args.batch_timeout_ms),
-                       "MODELSERVE_LOG_LEVEL": "WARNING"}  # fmt: skip
-                cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                       "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
-                with server(cmd, env, url, "/readyz", tmp / f"ours-{group}.log"):
+                log = tmp / f"ours-{group}.log"
+                with serve_ours(
+                    group_dir, model, args.max_batch_size, args.batch_timeout_ms, log
+                ) as (url, _):
                     report["points"] += sweep_server(
                         "ours", "ours", url, model, endpoints, inputs, args
                     )
             if "litserve" in args.contenders:
                 for workers in args.litserve_workers:
-                    port = free_port()
-                    url = f"http://127.0.0.1:{port}"
-                    cmd = [sys.executable, "-m", "benchmarks.litserve_server", str(group_dir / model),
-                           "--port", str(port), "--workers", str(workers),
-                           "--max-batch-size", str(args.max_batch_size),
-                           "--batch-timeout-ms", str(args.batch_timeout_ms)]  # fmt: skip
-                    with server(
-                        cmd,
-                        dict(os.environ),
-                        url,
-                        "/health",
-                        tmp / f"litserve-{group}-{workers}.log",
-                    ):
+                    log = tmp / f"litserve-{group}-{workers}.log"
+                    with serve_litserve(
+                        group_dir / model, workers, args.max_batch_size, args.batch_timeout_ms, log
+                    ) as (url, _):
                         name = f"litserve-w{workers}"
                         report["points"] += sweep_server(
                             name, "litserve", url, model, endpoints, inputs, args

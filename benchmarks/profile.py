@@ -1,0 +1,127 @@
+"""Where our server spends its time under load: py-spy samples it while the load generator runs.
+
+Starts our service on one model group, drives one endpoint at one concurrency for `--duration`
+seconds while `py-spy record` samples every thread of the server process, then prints the
+functions with the most samples on top of the stack (self) and anywhere on it (inclusive).
+Idle threads (waiting in select/epoll, locks, queue gets) are left out unless `--idle`.
+
+    python -m benchmarks.profile --group vae --endpoint decode --concurrency 1 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from benchmarks import loadgen
+from benchmarks.inputs import DEFAULT_DATA_DIR, grey_corpus, latent_rows, rgb_corpus
+from benchmarks.make_checkpoints import prepare
+from benchmarks.run import GROUP_ENDPOINTS, REPO, serve_ours
+from models.checkpoint import read_card
+
+FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def _short(frame: str) -> str:
+    """'func (path/to/site-packages/pkg/mod.py:12)' -> 'func (pkg/mod.py)'."""
+    m = FRAME.match(frame.strip())
+    if not m:
+        return frame.strip()
+    path = m["file"].split("site-packages/")[-1].replace(str(REPO) + "/", "")
+    return f"{m['func']} ({path})"
+
+
+def summarise(raw: str, top: int = 25) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
+    """py-spy's collapsed stacks ('f1;f2;...;fn count' per line) -> total, self and inclusive."""
+    self_counts: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_short(f) for f in stack.split(";")]
+        total += n
+        self_counts[frames[-1]] += n
+        for f in set(frames):
+            inclusive[f] += n
+    return total, self_counts.most_common(top), inclusive.most_common(top)
+
+
+def format_profile(title: str, raw: str, top: int = 25) -> str:
+    """A plain-text report of one profile."""
+    total, self_top, incl_top = summarise(raw, top)
+    lines = [f"# {title}", f"{total} samples of busy threads", "", "## self (top of stack)"]
+    lines += [f"{100 * n / max(total, 1):5.1f}%  {f}" for f, n in self_top]
+    lines += ["", "## inclusive (anywhere on the stack)"]
+    lines += [f"{100 * n / max(total, 1):5.1f}%  {f}" for f, n in incl_top]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--group", choices=list(GROUP_ENDPOINTS), default="vae")
+    parser.add_argument("--endpoint", choices=loadgen.ENDPOINTS, default="decode")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds sampled under load")
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--idle", action="store_true", help="keep idle threads' samples")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--models-root", type=Path, default=REPO / "runs" / "bench" / "models")
+    parser.add_argument("--out", type=Path, help="also write the report here")
+    args = parser.parse_args(argv)
+    py_spy = shutil.which("py-spy") or str(Path(REPO / ".venv" / "bin" / "py-spy"))
+    group_dir, model = prepare(args.models_root)[args.group]
+    data_dir = args.data_dir if args.data_dir.is_dir() else None
+    latent = int(read_card(group_dir / model).config.get("latent", 20))
+    corpus = rgb_corpus(data_dir) if args.endpoint == "classify" else grey_corpus(data_dir)
+    request = loadgen.make_requester("ours", args.endpoint, model, corpus, latent_rows(256, latent))
+    with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
+        raw_path = Path(tmp) / "stacks.txt"
+        log = Path(tmp) / "server.log"
+        with serve_ours(group_dir, model, args.max_batch_size, args.batch_timeout_ms, log) as (
+            url,
+            pid,
+        ):
+            cmd = [py_spy, "record", "--pid", str(pid), "--duration", str(int(args.duration)),
+                   "--rate", str(args.rate), "--format", "raw", "--output", str(raw_path),
+                   "--nonblocking"] + (["--idle"] if args.idle else [])  # fmt: skip
+            spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            points = asyncio.run(
+                loadgen.sweep(
+                    url,
+                    "ours",
+                    args.endpoint,
+                    model,
+                    request,
+                    [args.concurrency],
+                    args.duration,
+                    warmup=0.0,
+                )
+            )
+            _, err = spy.communicate(timeout=args.duration + 60)
+            if spy.returncode != 0:
+                raise SystemExit(f"py-spy failed ({spy.returncode}): {err.decode()[-2000:]}")
+        title = (
+            f"ours /{args.endpoint} {model} c={args.concurrency}: "
+            f"{points[0].requests_per_s} req/s, p50 {points[0].p50_ms} ms"
+        )
+        report = format_profile(title, raw_path.read_text())
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
