@@ -236,3 +236,19 @@ def test_markdown_report_has_every_point_and_target() -> None:
     assert "## /decode · v" in md and "| 1 | **ours** | 200 |" in md and "litserve-w1" in md
     assert "peak req/s >= 1.3x LitServe's | 4.00x" in md
     assert "c=1: p50 within 2 ms of in-process | +4.80 ms" in md and "**no**" in md
+
+
+def test_profile_summary_counts_self_and_inclusive_samples() -> None:
+    from benchmarks.profile import summarise
+
+    raw = (
+        "main (x/site-packages/uvicorn/main.py:5);forward (/r/models/vae.py:10) 30\n"
+        "main (x/site-packages/uvicorn/main.py:5);encode (/r/app/predictors.py:3) 10\n"
+        "main (x/site-packages/uvicorn/main.py:7) 10\n"
+    )
+    total, self_top, inclusive = summarise(raw)
+    assert total == 50
+    assert self_top[0] == ("forward (/r/models/vae.py)", 30)
+    # Lines of one function are merged; a function counts once per stack even if it recurs.
+    assert dict(self_top)["main (uvicorn/main.py)"] == 10
+    assert dict(inclusive)["main (uvicorn/main.py)"] == 50
