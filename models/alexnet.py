@@ -157,7 +157,7 @@ class AlexNet(nn.Module):
         unless the learning rate is tuned by hand as the authors did.
         """
         for name, m in self.named_modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and m.bias is not None:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):

@@ -41,7 +41,9 @@ class VAEConfig:
     def __post_init__(self) -> None:
         self.image_shape = tuple(int(s) for s in self.image_shape)  # type: ignore[assignment]
         if self.likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
+            raise ValueError(
+                f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}"
+            )
         if self.hidden < 1 or self.latent < 1 or self.depth < 1:
             raise ValueError("hidden, latent and depth must be positive")
 
@@ -95,7 +97,9 @@ class VAE(nn.Module):
         return self.enc_mean(h), self.enc_log_var(h)
 
     @staticmethod
-    def reparameterize(mean: Tensor, log_var: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def reparameterize(
+        mean: Tensor, log_var: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         """z = mean + sigma * eps, eps ~ N(0, I): differentiable in mean and log_var."""
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + torch.exp(0.5 * log_var) * eps
@@ -127,7 +131,9 @@ class VAE(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw z ~ p(z) and return (z (n, Z), decoder mean images (n, 1, H, W))."""
         p = next(self.parameters())
-        z = torch.randn((n, self.config.latent), generator=generator, device=p.device, dtype=p.dtype)
+        z = torch.randn(
+            (n, self.config.latent), generator=generator, device=p.device, dtype=p.dtype
+        )
         return z, self.decode(z)
 
     # --- objective ------------------------------------------------------------------
@@ -158,7 +164,9 @@ class VAE(nn.Module):
         parts = []
         for start in range(0, k, chunk):
             kk = min(chunk, k - start)
-            eps = torch.randn((kk, *mean.shape), generator=generator, device=x.device, dtype=x.dtype)
+            eps = torch.randn(
+                (kk, *mean.shape), generator=generator, device=x.device, dtype=x.dtype
+            )
             z = mean + std * eps  # (kk, B, Z)
             log_pz = -0.5 * (LOG_2PI + z**2).sum(-1)
             log_qz = -0.5 * (LOG_2PI + log_var + eps**2).sum(-1)
