@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from models.checkpoint import CheckpointError
-from training import alexnet, vae
+from training import alexnet, figure2, vae
 from training.data import DataError
 from training.loop import LoopOptions, fit, setup_distributed
 from training.pack import PackError, write_pack
@@ -173,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("src", type=Path, help="ImageFolder root: one folder of images per class")
     p.add_argument("out", type=Path, help="the pack file to write")
+    p = sub.add_parser(
+        "figure2",
+        help="reproduce the AEVB paper's Figure 2 (MNIST lower bound per latent size) as a table",
+        description="Train the paper's MNIST VAE for each latent size and write "
+        "<out>/vae-figure2.md and .json: our test lower bound beside the paper's.",
+    )
+    figure2.add_arguments(p)
     return parser
 
 
@@ -211,6 +218,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "pack-imagefolder":
         n = write_pack(args.src, args.out)
         print(f"packed {n} images into {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)")
+        return 0
+    if args.command == "figure2":
+        figure2.run(args)
+        print(f"wrote {args.out / 'vae-figure2.md'}")
         return 0
     if args.command in ("eval-vae", "eval-alexnet"):
         module = vae if args.command == "eval-vae" else alexnet

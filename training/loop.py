@@ -287,6 +287,7 @@ def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> 
         "epochs": opts.epochs,
         "batch_size": opts.batch_size,
         "global_batch_size": opts.batch_size * info.world_size,
+        "samples_per_epoch": len(task.train_batches) * opts.batch_size * info.world_size,
         "optimizer": opts.optimizer,
         "lr": opts.lr,
         "momentum": opts.momentum if opts.optimizer == "sgd" else None,

@@ -25,7 +25,7 @@ def _metrics(run: Path) -> list[dict]:
 def test_help_explains_every_option() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name in ("vae", "alexnet", "eval-vae", "eval-alexnet", "pack-imagefolder"):
+    for name in ("vae", "alexnet", "eval-vae", "eval-alexnet", "pack-imagefolder", "figure2"):
         for action in sub.choices[name]._actions:
             assert action.help, f"{name} {action.option_strings} has no help"
 
@@ -97,3 +97,18 @@ def test_alexnet_small_trains_on_an_imagefolder_tree(
     assert (run / "confusion.png").is_file() and (run / "curves.png").is_file()
     out = model(torch.zeros(2, 3, 28, 28))
     assert out.shape == (2, 3)
+
+
+def test_figure2_tables_run_points_and_marks_the_rest(tiny_mnist: Path, tmp_path: Path) -> None:
+    out, runs = tmp_path / "docs", tmp_path / "runs"
+    argv = ["figure2", "--data-dir", str(tiny_mnist), "--latents", "3", "--epochs", "1"]
+    assert main([*argv, "--runs-dir", str(runs), "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads((out / "vae-figure2.json").read_text())
+    points = {p["latent"]: p for p in doc["points"]}
+    assert sorted(points) == [3, 5, 10, 20, 200]
+    assert points[3]["status"] == "run" and points[3]["epochs"] == 1 and points[3]["ours"] < 0
+    assert points[3]["samples_seen"] == 200  # 1 epoch of the 200 tiny training images
+    assert all(points[k]["status"] == "not run" for k in (5, 10, 20, 200))
+    assert doc["paper_values"] == "approximate, read off the plot"
+    md = (out / "vae-figure2.md").read_text()
+    assert f"| 3 | -125 | {points[3]['ours']:.2f} |" in md and md.count("not run") == 4
