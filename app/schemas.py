@@ -17,7 +17,13 @@ Pixel = Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=1.0)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # Responses ignore unknown fields, so an older client keeps working with a newer server.
+    model_config = ConfigDict(protected_namespaces=())
+
+
+class _Request(BaseModel):
+    # Requests refuse unknown fields: a typo ("zz") is a 422, not silently ignored.
+    model_config = ConfigDict(extra="forbid")
 
 
 # --- /classify -------------------------------------------------------------------------
@@ -49,7 +55,7 @@ class ClassifyBatchResponse(_Body):
 
 
 # --- /encode ---------------------------------------------------------------------------
-class EncodeRequest(_Body):
+class EncodeRequest(_Request):
     """Pixels in [0, 1] (after any inversion the card asks for: the model's own input space).
 
     Accepted shapes: a list of flat rows of H*W values (one image each), one image as H rows
@@ -87,7 +93,7 @@ class EncodeResponse(_Body):
 
 
 # --- /decode and /sample ---------------------------------------------------------------
-class DecodeRequest(_Body):
+class DecodeRequest(_Request):
     """Latent codes to decode, one row per image."""
 
     z: list[list[Latent]] = Field(

@@ -1,0 +1,123 @@
+"""The Python client against the real app: sync via TestClient's transport, async via ASGI."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.client import AsyncClient, Client, ModelServeError
+from app.main import create_app
+from app.schemas import ClassifyBatchResponse, ClassifyResponse, DecodeResponse, SampleResponse
+from tests.app.conftest import LATENT, png_bytes, test_settings
+
+
+@pytest.fixture
+def sync_client(client: TestClient) -> Client:
+    return Client("http://testserver", transport=client._transport, retries=0)
+
+
+def test_sync_client_every_method(sync_client: Client, tmp_path: Path) -> None:
+    path = tmp_path / "cat.png"
+    path.write_bytes(png_bytes())
+    pil = Image.new("RGB", (32, 32), (10, 20, 30))
+    for image in (str(path), path, path.read_bytes(), pil):
+        result = sync_client.classify(image, top_k=2)
+        assert isinstance(result, ClassifyResponse) and len(result.predictions) == 2
+    many = sync_client.classify_many([path, pil])
+    assert isinstance(many, ClassifyBatchResponse) and len(many.results) == 2
+
+    enc = sync_client.encode([path], sample=True, seed=1)
+    assert enc.latent_dim == LATENT and enc.results[0].z is not None
+    assert len(sync_client.encode(pixels=[[0.1] * 784] * 2).results) == 2
+
+    dec = sync_client.decode([[0.0] * LATENT] * 2)
+    assert isinstance(dec, DecodeResponse) and dec.shape == [28, 28] and len(dec.images) == 2
+    png = sync_client.decode_png([[0.0] * LATENT])
+    assert Image.open(io.BytesIO(png)).size == (28, 28)
+
+    s = sync_client.sample(3, seed=5)
+    assert isinstance(s, SampleResponse) and s.seed == 5 and len(s.z) == 3
+    assert sync_client.sample(3, seed=5) == s
+    assert sync_client.sample_png(3, seed=5).startswith(b"\x89PNG")
+
+    assert {m.name for m in sync_client.models().models} == {"alexnet-cifar10", "vae-mnist"}
+    assert sync_client.model("vae-mnist").kind == "vae"
+    assert sync_client.ready()
+
+
+def test_sync_client_raises_the_servers_message(sync_client: Client) -> None:
+    with pytest.raises(ModelServeError) as info:
+        sync_client.decode([[0.0] * (LATENT + 1)])
+    assert info.value.status == 422 and "latent_dim" in info.value.detail and info.value.request_id
+    with pytest.raises(ModelServeError) as info:
+        sync_client.model("nope")
+    assert info.value.status == 404
+    with pytest.raises(ValueError, match="exactly one"):
+        sync_client.encode()
+    with pytest.raises(TypeError):
+        sync_client.classify(12345)
+
+
+def test_retries_on_503_honour_retry_after() -> None:
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) < 3:
+            return httpx.Response(
+                503, json={"detail": "busy", "status": 503}, headers={"Retry-After": "0"}
+            )
+        return httpx.Response(200, json={"models": [], "failed": []})
+
+    c = Client("http://x", transport=httpx.MockTransport(handler), retries=2)
+    assert c.models().models == []
+    assert len(calls) == 3
+    calls.clear()
+    c = Client("http://x", transport=httpx.MockTransport(handler), retries=1)
+    with pytest.raises(ModelServeError, match="busy"):
+        c.models()
+
+
+def test_client_sends_the_api_key(model_dir: Path) -> None:
+    with TestClient(create_app(test_settings(model_dir, api_key="k" * 12))) as tc:
+        from tests.app.conftest import wait_ready
+
+        wait_ready(tc)
+        with pytest.raises(ModelServeError) as info:
+            Client("http://testserver", transport=tc._transport).models()
+        assert info.value.status == 401
+        ok = Client("http://testserver", transport=tc._transport, api_key="k" * 12)
+        assert ok.models().models
+
+
+async def test_async_client_against_the_asgi_app(model_dir: Path) -> None:
+    app = create_app(test_settings(model_dir))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with AsyncClient("http://testserver", transport=transport, retries=0) as c:
+            import asyncio
+
+            for _ in range(500):
+                if await c.ready():
+                    break
+                await asyncio.sleep(0.01)
+            images = [png_bytes(color=(i * 50, 0, 255 - i * 50)) for i in range(4)]
+            single = await asyncio.gather(*(c.classify(im) for im in images))
+            together = await c.classify_many(images)
+            for one, r in zip(single, together.results, strict=True):
+                assert one.predictions == r.predictions  # batching never mixes answers up
+            s = await c.sample(2, seed=9)
+            d = await c.decode(s.z)
+            assert d.images == s.images
+            assert (await c.encode(pixels=[[0.0] * 784])).results[0].z is None
+            assert (await c.models()).models and (await c.model("vae-mnist")).name == "vae-mnist"
+            assert (await c.decode_png([[0.0] * LATENT])).startswith(b"\x89PNG")
+            assert (await c.sample_png(2, seed=1)).startswith(b"\x89PNG")
+            with pytest.raises(ModelServeError) as info:
+                await c.sample(10_000)
+            assert info.value.status == 422
