@@ -1,8 +1,10 @@
-"""`python -m app`: serve with host, port, log level and grace period from the settings."""
+"""`python -m app`: serve with host, port, log level and grace period from the settings;
+exits 0 after a graceful SIGTERM shutdown."""
 
 from __future__ import annotations
 
 import os
+import signal
 
 import uvicorn
 from pydantic import ValidationError
@@ -16,6 +18,10 @@ def main() -> None:
         s = Settings()
     except ValidationError as e:
         raise SystemExit(f"invalid MODELSERVE_* settings:\n{e}") from None
+    # uvicorn drains in-flight requests on SIGTERM (up to the grace period), then re-raises the
+    # signal so the default handler kills the process (status -15, 143 in Docker). A drained
+    # shutdown is a clean exit: make that re-raise a no-op so we return and exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(
         "app.main:app",
         host=s.host,

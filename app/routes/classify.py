@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
 
 from app.deps import RegistryDep, SettingsDep
-from app.routes.uploads import ERRORS, decode_uploads
+from app.routes.uploads import ERRORS, decode_uploads, infer
 from app.schemas import ClassifyBatchResponse, ClassifyResponse
 
 router = APIRouter(tags=["classify"])
@@ -20,6 +20,7 @@ router = APIRouter(tags=["classify"])
     summary="Classify images",
 )
 async def classify(
+    request: Request,
     registry: RegistryDep,
     settings: SettingsDep,
     image: Annotated[
@@ -43,7 +44,7 @@ async def classify(
             422, f"top_k={k} exceeds the {predictor.num_classes} classes of {predictor.name}"
         )
     inputs = await decode_uploads(image, predictor, settings)
-    probs = await registry.infer(predictor, "classify", inputs)
+    probs = await infer(request, registry, predictor, "classify", inputs)
     results = [predictor.encode_response(p, k) for p in probs]
     if len(results) == 1:
         return ClassifyResponse(model=predictor.name, predictions=results[0].predictions)

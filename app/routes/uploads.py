@@ -1,4 +1,5 @@
-"""Reading uploaded image parts and decoding them in parallel (shared by /classify, /encode)."""
+"""Helpers shared by the model routes: parallel image decoding, inference that notices a client
+leaving, and the documented error responses."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.types import Receive
 
 from app.predictors import Predictor
+from app.registry import Registry
 from app.schemas import ErrorResponse
 from app.settings import Settings
 
@@ -46,3 +49,30 @@ async def decode_uploads(
             )
         )
     )
+
+
+# nginx's "client closed request": logged and counted, never seen by the client.
+CLIENT_GONE = 499
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return when the client goes away (the body has been read: next comes http.disconnect)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def infer(
+    request: Request, registry: Registry, predictor: Predictor, op: str, items: list[Any]
+) -> list[Any]:
+    """`registry.infer`, abandoned (its queue slots freed) if the client disconnects first."""
+    work = asyncio.ensure_future(registry.infer(predictor, op, items))
+    gone = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()
+    request.app.state.metrics.rejected.labels("disconnected").inc()
+    raise HTTPException(CLIENT_GONE, "client disconnected before the answer was ready")

@@ -17,7 +17,7 @@ from app.errors import not_acceptable
 from app.negotiation import choose_media
 from app.predictors import VAEPredictor
 from app.registry import Registry
-from app.routes.uploads import ERRORS, decode_uploads
+from app.routes.uploads import ERRORS, decode_uploads, infer
 from app.schemas import DecodeRequest, DecodeResponse, EncodeRequest, EncodeResponse, SampleResponse
 
 router = APIRouter(tags=["vae"])
@@ -114,11 +114,12 @@ async def encode(
             )
     else:
         raise HTTPException(415, "send multipart/form-data with `image` parts, or application/json")
-    outputs = await registry.infer(predictor, "encode", inputs)
+    outputs = await infer(request, registry, predictor, "encode", inputs)
     return predictor.encode_response(outputs, sample, seed)
 
 
 async def _render(
+    request: Request,
     predictor: VAEPredictor,
     registry: Registry,
     accept: str | None,
@@ -130,7 +131,7 @@ async def _render(
     media = choose_media(accept, IMAGE_TYPES)
     if media is None:
         raise not_acceptable(IMAGE_TYPES)
-    images = await registry.infer(predictor, "decode", zs)
+    images = await infer(request, registry, predictor, "decode", zs)
     headers = {"X-Image-Count": str(len(images)), **headers}
     if media == PNG:
         png = await run_in_threadpool(predictor.images_png, images)
@@ -148,6 +149,7 @@ async def _render(
     summary="Decode latent codes to images",
 )
 async def decode(
+    request: Request,
     body: DecodeRequest,
     registry: RegistryDep,
     settings: SettingsDep,
@@ -158,7 +160,7 @@ async def decode(
     predictor = registry.vae(model)
     if len(body.z) > settings.max_batch_images:
         raise HTTPException(413, f"{len(body.z)} latent rows; limit {settings.max_batch_images}")
-    return await _render(predictor, registry, accept, predictor.decode_latents(body.z), {})
+    return await _render(request, predictor, registry, accept, predictor.decode_latents(body.z), {})
 
 
 @router.get(
@@ -168,6 +170,7 @@ async def decode(
     summary="Sample images from the prior",
 )
 async def sample(
+    request: Request,
     registry: RegistryDep,
     settings: SettingsDep,
     n: Annotated[int, Query(ge=1, description="Number of images (<= max_sample_n)")] = 16,
@@ -184,4 +187,4 @@ async def sample(
     seed = secrets.randbelow(2**31) if seed is None else seed
     zs = predictor.prior_latents(n, seed)
     extra = {"seed": seed, "z": [z.tolist() for z in zs]}
-    return await _render(predictor, registry, accept, zs, {"X-Seed": str(seed)}, extra)
+    return await _render(request, predictor, registry, accept, zs, {"X-Seed": str(seed)}, extra)

@@ -1,0 +1,141 @@
+"""A real uvicorn process: graceful shutdown on SIGTERM, and a client that disconnects."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from models import AlexNet, AlexNetConfig, InputSpec, ModelCard, save_checkpoint
+from models.checkpoint import DatasetInfo
+from tests.app.conftest import png_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def slow_classifier(directory: Path) -> None:
+    """An AlexNet at 224x224 with a narrow head: ~0.7 GMAC per image, a 16-image batch is slow."""
+    torch.manual_seed(0)
+    config = AlexNetConfig(num_classes=3, hidden=64)
+    card = ModelCard(
+        name="alexnet-cifar10",
+        architecture="alexnet",
+        config=config.to_dict(),
+        task="classification",
+        input=InputSpec(channels=3, size=(224, 224), resize=256, mean=[0.5] * 3, std=[0.25] * 3),
+        labels=["a", "b", "c"],
+        dataset=DatasetInfo(name="random"),
+        code_version="test",
+    )
+    save_checkpoint(directory / "alexnet-cifar10", AlexNet(config), card)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    root = tmp_path_factory.mktemp("slow-models")
+    slow_classifier(root)
+    port = free_port()
+    env = os.environ | {
+        "MODELSERVE_MODEL_DIR": str(root),
+        "MODELSERVE_TORCH_THREADS": "1",
+        "MODELSERVE_MAX_BATCH_SIZE": "16",
+        "MODELSERVE_LOG_LEVEL": "WARNING",
+        "MODELSERVE_HOST": "127.0.0.1",
+        "MODELSERVE_PORT": str(port),
+        "MODELSERVE_GRACEFUL_TIMEOUT_S": "30",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server never became ready"
+        time.sleep(0.2)
+    yield proc, url
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+IMAGES = [
+    ("image", (f"{i}.png", png_bytes(size=(256, 256), color=(i * 15, 80, 200)), "image/png"))
+    for i in range(16)
+]
+
+
+def _rejected(url: str, reason: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(f'modelserve_rejected_requests_total{{reason="{reason}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_disconnected_client_frees_its_slot(server: tuple[subprocess.Popen[bytes], str]) -> None:
+    _, url = server
+    busy = threading.Thread(target=lambda: httpx.post(f"{url}/classify", files=IMAGES, timeout=60))
+    busy.start()  # keeps the model busy so the next request waits in the queue
+    time.sleep(0.3)
+    request = httpx.Request("POST", f"{url}/classify", files=IMAGES[:1])
+    raw = b"".join(
+        [
+            f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: {request.headers['content-type']}\r\n"
+            f"Content-Length: {len(request.read())}\r\n\r\n".encode(),
+            request.read(),
+        ]
+    )
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as s:
+        s.sendall(raw)
+        time.sleep(0.1)
+    busy.join()
+    deadline = time.monotonic() + 10
+    while _rejected(url, "disconnected") < 1:
+        assert time.monotonic() < deadline, "disconnect was never noticed"
+        time.sleep(0.1)
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(
+    server: tuple[subprocess.Popen[bytes], str],
+) -> None:
+    proc, url = server
+    result: dict[str, httpx.Response] = {}
+    worker = threading.Thread(
+        target=lambda: result.setdefault(
+            "r", httpx.post(f"{url}/classify", files=IMAGES, timeout=60)
+        )
+    )
+    worker.start()
+    time.sleep(0.3)  # the 16-image request is being decoded or computed
+    proc.send_signal(signal.SIGTERM)
+    worker.join(60)
+    assert result["r"].status_code == 200 and len(result["r"].json()["results"]) == 16
+    assert proc.wait(60) == 0
