@@ -148,7 +148,7 @@ async def test_cancelled_request_is_dropped_before_it_runs() -> None:
 
 
 async def test_stopped_batcher_refuses_new_work() -> None:
-    b = Batcher(lambda xs: xs, max_batch_size=1, max_wait_s=0.0, max_queue=1)
+    b: Batcher[int, int] = Batcher(lambda xs: xs, max_batch_size=1, max_wait_s=0.0, max_queue=1)
     b.start()
     await b.stop()
     with pytest.raises(Overloaded, match="shutting down"):

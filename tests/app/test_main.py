@@ -126,7 +126,7 @@ def test_api_key(model_dir: Path) -> None:
 def test_request_id_is_echoed_or_made_and_logged(client: TestClient) -> None:
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
     logging.getLogger("app").addHandler(handler)
     logging.getLogger("app").setLevel(logging.INFO)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,7 +133,7 @@ def test_missing_or_wrong_field_is_422(client: TestClient) -> None:
     assert r.status_code == 200
 
 
-def test_too_many_images_is_413(model_dir) -> None:  # type: ignore[no-untyped-def]
+def test_too_many_images_is_413(model_dir: Path) -> None:
     from app.main import create_app
     from tests.app.conftest import test_settings, wait_ready
 

@@ -11,14 +11,15 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from models import load_checkpoint
+from models import VAE, load_checkpoint
 from tests.app.conftest import LATENT, png_bytes
 
 JSON_ACCEPT = {"Accept": "application/json"}
 
 
-def vae(client: TestClient):  # type: ignore[no-untyped-def]
+def vae(client: TestClient) -> VAE:
     model, _ = load_checkpoint(client.app.state.settings.model_dir / "vae-mnist")  # type: ignore[attr-defined]
+    assert isinstance(model, VAE)
     return model
 
 
