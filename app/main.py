@@ -78,7 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     errors.install(app)
-    auth = [Depends(require_api_key)]
+    # Declared only when a key is configured, so the OpenAPI schema says what the service does:
+    # with no key, X-API-Key is not required (require_api_key would let everything through).
+    auth = [Depends(require_api_key)] if settings.api_key is not None else []
     for router in (classify.router, vae.router, models.router):
         app.include_router(router, dependencies=auth)
     app.include_router(health.router, dependencies=[] if settings.open_probes else auth)

@@ -197,7 +197,10 @@ class VAEPredictor(Predictor):
     def decode_pixels(self, pixels: list[Any]) -> list[Tensor]:
         """JSON pixels ((B, D), (H, W) or (B, H, W), values in [0, 1]) -> B tensors (1, H, W)."""
         h, w = self.image_shape
-        a = np.asarray(pixels, dtype=np.float32)
+        try:
+            a = np.asarray(pixels, dtype=np.float32)
+        except ValueError:  # ragged rows: numpy refuses an inhomogeneous shape
+            raise PayloadError("pixels must be a non-empty rectangular array") from None
         if a.dtype == object or a.size == 0:
             raise PayloadError("pixels must be a non-empty rectangular array")
         if a.ndim == 2 and a.shape == (h, w) and h * w != a.shape[1]:

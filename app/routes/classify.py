@@ -25,7 +25,7 @@ async def classify(
     settings: SettingsDep,
     image: Annotated[
         list[UploadFile],
-        File(description="One or more image parts (JPEG, PNG, WebP, GIF, BMP, TIFF)"),
+        File(min_length=1, description="One or more image parts (JPEG, PNG, WebP, GIF, BMP, TIFF)"),
     ],
     top_k: Annotated[
         int | None,

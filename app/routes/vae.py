@@ -41,6 +41,7 @@ ENCODE_BODY: dict[str, Any] = {
                     "properties": {
                         "image": {
                             "type": "array",
+                            "minItems": 1,
                             "items": {"type": "string", "format": "binary"},
                             "description": "One or more images; converted as the card says",
                         }
