@@ -106,9 +106,17 @@ def server(
 
 @contextlib.contextmanager
 def serve_ours(
-    model_dir: Path, model: str, max_batch_size: int, batch_timeout_ms: float, log: Path
+    model_dir: Path,
+    model: str,
+    max_batch_size: int,
+    batch_timeout_ms: float,
+    log: Path,
+    threads: int | None = None,
 ) -> Iterator[tuple[str, int]]:
-    """Our service (uvicorn, one process) on `model_dir`; yields (base URL, pid)."""
+    """Our service (uvicorn, one process) on `model_dir`; yields (base URL, pid).
+
+    `threads` sets MODELSERVE_TORCH_THREADS; None keeps the service's default.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ,
@@ -117,6 +125,8 @@ def serve_ours(
            "MODELSERVE_MAX_BATCH_SIZE": str(max_batch_size),
            "MODELSERVE_BATCH_TIMEOUT_MS": str(batch_timeout_ms),
            "MODELSERVE_LOG_LEVEL": "WARNING"}  # fmt: skip
+    if threads is not None:
+        env["MODELSERVE_TORCH_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
     with server(cmd, env, url, "/readyz", log) as pid:
@@ -235,9 +245,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "num_api_servers=default (=W)); each worker torch.set_num_threads(cores // W); "
             "LitAPI(max_batch_size, batch_timeout) equal to ours",
             "ours": "uvicorn app.main:app, 1 process, MODELSERVE_MAX_BATCH_SIZE / "
-            "MODELSERVE_BATCH_TIMEOUT_MS as above, other settings default, log level WARNING",
-            "ceiling": "benchmarks.inprocess: decode + preprocess + forward at batch = max_batch_size, "
-            "all cores; single-item latency at batch 1",
+            "MODELSERVE_BATCH_TIMEOUT_MS as above, other settings default (torch threads = "
+            "cores), log level WARNING; ours-tN: the same with MODELSERVE_TORCH_THREADS=N",
+            "ceiling": "benchmarks.inprocess: decode + preprocess + forward at batch = max_batch_size; "
+            "single-item latency at batch 1; each the best of 1 thread and all cores",
         },
         "inputs": {
             "classify": inputs.rgb.source,
@@ -257,13 +268,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             print(f"\n== {group}: {model} ({', '.join(endpoints)})", flush=True)
             if "ours" in args.contenders:
-                log = tmp / f"ours-{group}.log"
-                with serve_ours(
-                    group_dir, model, args.max_batch_size, args.batch_timeout_ms, log
-                ) as (url, _):
-                    report["points"] += sweep_server(
-                        "ours", "ours", url, model, endpoints, inputs, args
-                    )
+                for threads in [None, *args.ours_threads]:
+                    name = "ours" if threads is None else f"ours-t{threads}"
+                    log = tmp / f"{name}-{group}.log"
+                    with serve_ours(
+                        group_dir, model, args.max_batch_size, args.batch_timeout_ms, log, threads
+                    ) as (url, _):
+                        report["points"] += sweep_server(
+                            name, "ours", url, model, endpoints, inputs, args
+                        )
             if "litserve" in args.contenders:
                 for workers in args.litserve_workers:
                     log = tmp / f"litserve-{group}-{workers}.log"
@@ -280,6 +293,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"ceiling {endpoint} {model}: {result['items_per_s']} items/s, "
                           f"single p50 {result['single_p50_ms']} ms", flush=True)  # fmt: skip
                     report["ceiling"].append(result)
+            if args.partial:  # a killed run keeps the groups it finished
+                args.partial.write_text(json.dumps(report, indent=2) + "\n")
     report["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["targets"] = check_targets(report)
     return report
@@ -291,6 +306,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--quick", action="store_true", help="short points (c=1,16; 2 s) to check the harness"
+    )
+    parser.add_argument(
+        "--ours-threads",
+        type=int,
+        nargs="+",
+        default=[],
+        help="also run our service with MODELSERVE_TORCH_THREADS=N (contender ours-tN)",
     )
     parser.add_argument(
         "--groups", nargs="+", choices=list(GROUP_ENDPOINTS), default=list(GROUP_ENDPOINTS)
@@ -341,6 +363,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.partial = None
     q = args.quick
     args.concurrency = args.concurrency or ([1, 16] if q else [1, 4, 16, 64])
     args.duration = args.duration or (2.0 if q else 5.0)
@@ -352,10 +375,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    stamp = report["date"][:19].replace(":", "")
-    json_path = args.out / f"{stamp}{'-quick' if args.quick else ''}.json"
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S") + ("-quick" if args.quick else "")
+    json_path = args.out / f"{stamp}.json"
+    args.partial = args.out / f"{stamp}.partial.json"
+    report = run(args)
+    args.partial.unlink(missing_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     markdown = render_markdown(report)
     (args.out / "latest.md").write_text(markdown)
