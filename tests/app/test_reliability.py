@@ -345,3 +345,23 @@ def test_no_pickle_on_the_serving_path() -> None:
                     assert isinstance(weights_only, ast.Constant) and weights_only.value is True, (
                         f"{path}:{call.lineno}: torch.load without weights_only=True"
                     )
+
+
+SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD")
+
+
+def test_no_secret_is_baked_into_the_image_or_compose() -> None:
+    """No ENV/ARG of the Dockerfile and no compose environment entry sets a key or password."""
+    import yaml
+
+    lines = (ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    for line in lines:
+        words = line.split()
+        if words and words[0].upper() in ("ENV", "ARG"):
+            names = [w.split("=")[0].upper() for w in words[1:]]
+            assert not any(s in n for n in names for s in SECRET_WORDS), line
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        env = service.get("environment") or {}
+        keys = env if isinstance(env, dict) else [e.split("=")[0] for e in env]
+        assert not any(s in k.upper() for k in keys for s in SECRET_WORDS), (name, keys)
