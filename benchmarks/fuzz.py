@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"fuzz: {url} (pid {pid}), {args.max_examples} examples per operation", flush=True
             )
-            done = subprocess.run(schemathesis_cmd(url, args, ndjson), cwd=REPO, check=False)
+            # cwd: schemathesis keeps a crash cache (.schemathesis/) in its working directory.
+            done = subprocess.run(schemathesis_cmd(url, args, ndjson), cwd=tmp, check=False)
         summary = summarise(ndjson)
         server_log = log.read_text(errors="replace")[-5000:]
     print(format_table(summary))
