@@ -28,6 +28,7 @@ from benchmarks.inputs import DEFAULT_DATA_DIR, Corpus, grey_corpus, latent_rows
 
 FLAVOURS = ("ours", "litserve")
 ENDPOINTS = ("classify", "encode", "decode", "sample")
+PROBE = "probe"  # endpoint name of the no-model-work floor (GET /healthz or LitServe's /health)
 # (method, path, httpx keyword arguments) of the i-th request of a point.
 RequestSpec = tuple[str, str, dict[str, Any]]
 

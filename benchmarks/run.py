@@ -210,7 +210,22 @@ def sweep_server(
         )
         print(loadgen.format_table(results), flush=True)
         points += [asdict(p) for p in results]
-    return points
+    # The transport floor: a probe that does no model work, one client, same client code.
+    probe = "/healthz" if flavour == "ours" else "/health"
+    floor = asyncio.run(
+        loadgen.sweep(
+            url,
+            contender,
+            loadgen.PROBE,
+            model,
+            lambda i: ("GET", probe, {}),
+            [1],
+            args.duration,
+            args.warmup,
+        )
+    )
+    print(loadgen.format_table(floor), flush=True)
+    return points + [asdict(p) for p in floor]
 
 
 def ceiling(model_dir: Path, endpoint: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
