@@ -67,18 +67,23 @@ def test_run_point_counts_successes_and_errors_separately() -> None:
         seen["n"] += 1
         return JSONResponse({}, status_code=503 if seen["n"] % 3 == 0 else 200)
 
+    made: list[httpx.AsyncClient] = []
+
+    def make_client() -> httpx.AsyncClient:
+        made.append(httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t"))
+        return made[-1]
+
     async def go() -> tuple[float, list[float], Counter[str]]:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            request = loadgen.make_requester(
-                "litserve", "classify", "m", generated(1, (8, 8), "RGB", "PNG")
-            )
-            return await loadgen.run_point(
-                client, request, concurrency=3, duration=0.2, warmup=0.05
-            )
+        request = loadgen.make_requester(
+            "litserve", "classify", "m", generated(1, (8, 8), "RGB", "PNG")
+        )
+        return await loadgen.run_point(
+            make_client, request, concurrency=3, duration=0.4, warmup=0.05
+        )
 
     _, latencies, errors = asyncio.run(go())
     assert latencies and set(errors) == {"503"}
+    assert len(made) == 3 and all(c.is_closed for c in made)  # one client per worker, closed
     # Every third answer failed; the window cuts the sequence anywhere, so allow one either way.
     assert abs(len(latencies) - 2 * errors["503"]) <= 3
     assert len(latencies) + errors["503"] <= seen["n"]  # warm-up answers are not counted
@@ -107,7 +112,13 @@ def test_load_generator_requests_work_verbatim_against_our_app(
                     if (await client.get("/readyz")).status_code == 200:
                         break
                     await asyncio.sleep(0.01)
-                _, latencies, errors = await loadgen.run_point(client, request, 2, 0.15, 0.0)
+                _, latencies, errors = await loadgen.run_point(
+                    lambda: httpx.AsyncClient(transport=transport, base_url="http://t"),
+                    request,
+                    2,
+                    0.5,
+                    0.0,
+                )
                 return latencies, errors
 
     latencies, errors = asyncio.run(go())
