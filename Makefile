@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-HOST ?= 0.0.0.0
-PORT ?= 8000
+HOST ?= $(or $(MODELSERVE_HOST),0.0.0.0)
+PORT ?= $(or $(MODELSERVE_PORT),8000)
 
 .PHONY: venv serve test lint typecheck check train-vae train-alexnet clean
 
@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# python -m app: uvicorn with the MODELSERVE_* settings; drains and exits 0 on SIGTERM
 serve: $(STAMP)
-	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	MODELSERVE_HOST=$(HOST) MODELSERVE_PORT=$(PORT) $(BIN)/python -m app
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

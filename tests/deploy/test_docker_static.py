@@ -290,7 +290,9 @@ def test_dockerfile_runtime_is_non_root_with_readyz_healthcheck(
     assert "curl" not in healthchecks[0]  # not in the slim image
     assert ("EXPOSE", "8000") in runtime
     cmd = json.loads(next(a for k, a in runtime if k == "CMD"))
-    assert cmd[:2] == ["uvicorn", "app.main:app"] and cmd[-1] == "8000"
+    assert cmd == ["python", "-m", "app"]  # graceful SIGTERM, exit 0
+    env = " ".join(a for k, a in runtime if k == "ENV")
+    assert "MODELSERVE_HOST=0.0.0.0" in env and "MODELSERVE_PORT=8000" in env
 
 
 def test_shipped_models_are_package_data() -> None:
