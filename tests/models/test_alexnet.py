@@ -113,3 +113,23 @@ def test_overlapping_pooling_and_dropout() -> None:
     assert not torch.equal(model(x), model(x)), "dropout active in training"
     model.eval()
     assert torch.equal(model(x), model(x)), "and off in evaluation"
+
+
+def test_init_schemes() -> None:
+    """'paper' sets the paper's biases; 'kaiming' keeps the output input-dependent at init."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 28, 28)
+    paper = AlexNet(dataclasses.replace(PRESETS["alexnet-small"], init="paper")).eval()
+    for name in ("conv2", "conv4", "conv5"):
+        assert torch.all(getattr(paper.features, name).bias == 1)
+    assert torch.all(paper.features.conv1.bias == 0) and torch.all(paper.classifier.fc8.bias == 0)
+    assert abs(paper.classifier.fc6.weight.std().item() - 0.01) < 1e-3
+    kaiming = AlexNet(PRESETS["alexnet-small"]).eval()
+    assert kaiming.config.init == "kaiming"
+    with torch.no_grad():
+        spread_paper = paper(x).std(0).mean().item()
+        spread_kaiming = kaiming(x).std(0).mean().item()
+    # the paper's 0.01 weights make the logits (nearly) the same for every input
+    assert spread_kaiming > 100 * spread_paper
+    with pytest.raises(ValueError, match="init"):
+        dataclasses.replace(PRESETS["alexnet-small"], init="xavier")
