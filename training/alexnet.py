@@ -91,6 +91,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="std of the PCA colour noise coefficients, 0 turns it off (paper: 0.1; default: 0.1)",
     )
     p.add_argument(
+        "--init",
+        choices=["kaiming", "paper"],
+        default="kaiming",
+        help="weight init: kaiming (He-normal); paper: N(0, 0.01) with unit biases, which "
+        "starts with input-independent outputs and trains slowly (default: kaiming)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=4,
@@ -296,7 +303,7 @@ def build_task(args: argparse.Namespace, device: torch.device, world_size: int, 
     mean, std = channel_stats(train_x)
     prep = Prep(mean, std, *compute_pca_stats(train_x), size=SMALL["size"], crop=SMALL["crop"])
     torch.manual_seed(args.seed)
-    model = AlexNet(replace(PRESETS[args.preset], num_classes=len(data.classes)))
+    model = AlexNet(replace(PRESETS[args.preset], num_classes=len(data.classes), init=args.init))
     batches = TensorBatches(
         [train_x.to(device), train_y.to(device)],
         args.batch_size,
@@ -378,7 +385,9 @@ def _build_full_task(
     )
     val_loader = DataLoader(val_ds, shuffle=False, **loader_kw)
     torch.manual_seed(args.seed)
-    model = AlexNet(replace(PRESETS[args.preset], num_classes=len(full_train.classes)))
+    model = AlexNet(
+        replace(PRESETS[args.preset], num_classes=len(full_train.classes), init=args.init)
+    )
     mean_t, std_t = torch.tensor(mean), torch.tensor(std)
 
     def predict(m: nn.Module) -> tuple[Tensor, Tensor]:
