@@ -31,7 +31,7 @@ WORKDIR /src
 COPY constraints.txt ./
 # torch first, in its own layer: the largest download changes only when constraints.txt does.
 RUN pip install --index-url "${TORCH_INDEX_URL}" -c constraints.txt torch torchvision
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY app/ app/
 COPY models/ models/
 COPY training/ training/
