@@ -104,7 +104,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="DataLoader worker processes (full-size preset only; default: 4)",
     )
     p.set_defaults(
-        optimizer="sgd", lr=0.05, batch_size=128, epochs=30, schedule="onecycle", weight_decay=5e-4
+        optimizer="sgd",
+        lr=0.02,
+        clip_grad=5.0,
+        batch_size=128,
+        epochs=30,
+        schedule="onecycle",
+        weight_decay=5e-4,
     )
 
 

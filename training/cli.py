@@ -91,7 +91,7 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
         "--clip-grad",
         type=float,
         default=None,
-        help="clip the gradient norm to this value (default: off)",
+        help="clip the gradient norm to this value; None: off (default: %(default)s)",
     )
     g = p.add_argument_group("hardware")
     g.add_argument(
