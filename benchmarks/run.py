@@ -152,12 +152,9 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
 
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    from training.loop import cpu_model_name
+
+    cpu = cpu_model_name()
     try:
         import litserve
 

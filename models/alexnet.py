@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -80,13 +80,62 @@ PRESETS: dict[str, AlexNetConfig] = {
 }
 
 
+def _window_sum(t: Tensor, before: int, after: int) -> Tensor:
+    """out[:, c] = sum of t[:, c - before : c + after + 1] over channels (zero outside)."""
+    c = t.shape[1]
+    p = F.pad(t, (0, 0, 0, 0, before, after))
+    if before + after == 0:
+        return p.clone()
+    w = p[:, 0:c] + p[:, 1 : c + 1]
+    for i in range(2, before + after + 1):
+        w += p[:, i : c + i]
+    return w
+
+
+def _inv_pow(d: Tensor, beta: float) -> Tensor:
+    """d ** -beta; the paper's beta = 0.75 as rsqrt(d * sqrt(d)), 3x cheaper than pow on CPU."""
+    if beta == 0.75:
+        return torch.rsqrt(d * d.sqrt())
+    if beta == 0.5:
+        return torch.rsqrt(d)
+    return d.pow(-beta)
+
+
+class _LRNFunction(torch.autograd.Function):
+    """b = a * d^-beta, d = k + alpha * S(a^2); S sums a window of `size` channels.
+
+    Backward by hand: da_j = g_j r_j - 2 alpha beta a_j * S^T(g a r / d)_j with r = d^-beta
+    and S^T the window mirrored. Autograd through the forward's ops took 3x longer: 18% of an
+    alexnet-small training step on one CPU thread (batch 128) went to LRN, 6% with this.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
+        acc = x.to(torch.promote_types(x.dtype, torch.float32))  # at least float32
+        d = _window_sum(acc.square(), size // 2, (size - 1) // 2).mul_(alpha).add_(k)
+        r = _inv_pow(d, beta)
+        ctx.save_for_backward(acc, d, r)
+        ctx.hyper = (size, alpha, beta)
+        return (acc * r).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None, None, None]:
+        acc, d, r = ctx.saved_tensors
+        size, alpha, beta = ctx.hyper
+        gr = g.to(acc.dtype) * r
+        t = _window_sum(gr * acc / d, (size - 1) // 2, size // 2)  # the mirrored window
+        gx = gr.sub_(t.mul_(acc).mul_(2.0 * alpha * beta))
+        return gx.to(g.dtype), None, None, None, None
+
+
 class LocalResponseNorm(nn.Module):
     """The paper's LRN across channels: b_c = a_c / (k + alpha * sum_{|j-c| <= n/2} a_j^2)^beta.
 
-    Same function as torch.nn.LocalResponseNorm(n, alpha * n, beta, k), computed with one
-    cumulative sum over channels instead of torch's 3-D average pool: 2-3x faster forward and
-    backward on CPU, where LRN otherwise takes ~40% of alexnet-small's training step. The window
-    sum is taken in float32 even under bf16 autocast.
+    Same function as torch.nn.LocalResponseNorm(n, alpha * n, beta, k) (window of n channels,
+    n // 2 before and (n - 1) // 2 after), computed as n - 1 shifted adds with a hand-written
+    backward: on CPU 4-10x faster forward and 7-9x faster forward + backward than torch's
+    3-D average pool, in either memory format (timings: `python -m benchmarks.lrn`). The
+    window sum is taken in float32 even under bf16 autocast.
     """
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
@@ -94,12 +143,8 @@ class LocalResponseNorm(nn.Module):
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
-        n = self.size
-        acc = x.to(torch.promote_types(x.dtype, torch.float32))  # at least float32
-        sq = F.pad(acc.square(), (0, 0, 0, 0, n // 2 + 1, (n - 1) // 2))  # (B, C+n, H, W)
-        cs = sq.cumsum(1)
-        window = cs[:, n:] - cs[:, :-n]  # (B, C, H, W): sum of a^2 over the n-channel window
-        return x * (self.k + self.alpha * window).pow(-self.beta).to(x.dtype)
+        out: Tensor = _LRNFunction.apply(x, self.size, self.alpha, self.beta, self.k)
+        return out
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

@@ -216,14 +216,27 @@ def train(
     return (totals[0] / totals[1].clamp_min(1)).item()
 
 
+def cpu_model_name() -> str:
+    """The processor's marketing name ("AMD EPYC 7B13"), not just the architecture."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def machine_info(device: torch.device, world_size: int) -> dict[str, Any]:
     """Where the run trained, for the card."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name()
     return {
         "device": str(device.type),
         "device_name": name or platform.machine(),
         "world_size": world_size,
         "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

@@ -96,6 +96,33 @@ def test_lrn_is_the_papers_formula() -> None:
     assert torch.allclose(lrn(a.float()), reference, rtol=1e-5)
 
 
+@pytest.mark.parametrize("size", [5, 4, 3, 1])
+@pytest.mark.parametrize("beta", [0.75, 0.5, 0.6])
+def test_lrn_matches_torch_and_its_gradient_is_exact(size: int, beta: float) -> None:
+    # the hand-written backward against finite differences, every window size and beta branch
+    a = torch.rand(2, 7, 3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    a = (a * 4).requires_grad_()
+    lrn = LocalResponseNorm(size, alpha=0.3, beta=beta, k=2.0)
+    assert torch.autograd.gradcheck(lrn, (a,))
+    reference = nn.LocalResponseNorm(size, alpha=0.3 * size, beta=beta, k=2.0)
+    assert torch.allclose(lrn(a), reference(a), rtol=1e-12)
+    g = torch.randn_like(a)
+    (ours,) = torch.autograd.grad(lrn(a), a, g)
+    (theirs,) = torch.autograd.grad(reference(a), a, g)
+    assert torch.allclose(ours, theirs, rtol=1e-10)
+
+
+def test_lrn_keeps_dtype_and_memory_format() -> None:
+    lrn = LocalResponseNorm()
+    x = torch.randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last) * 30
+    out = lrn(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, lrn(x.contiguous()), rtol=1e-6)
+    half = lrn(x.bfloat16().requires_grad_())
+    assert half.dtype == torch.bfloat16
+    half.sum().backward()
+
+
 def test_overlapping_pooling_and_dropout() -> None:
     model = AlexNet(PRESETS["alexnet-small"])
     pools = [m for m in model.features if isinstance(m, nn.MaxPool2d)]
