@@ -112,10 +112,12 @@ def serve_ours(
     batch_timeout_ms: float,
     log: Path,
     threads: int | None = None,
+    workers: int = 1,
 ) -> Iterator[tuple[str, int]]:
-    """Our service (uvicorn, one process) on `model_dir`; yields (base URL, pid).
+    """Our service (uvicorn, `workers` processes) on `model_dir`; yields (base URL, pid).
 
-    `threads` sets MODELSERVE_TORCH_THREADS; None keeps the service's default.
+    `threads` sets MODELSERVE_TORCH_THREADS; None keeps the service's default (cores / workers).
+    Several workers run as in production: WEB_CONCURRENCY and a PROMETHEUS_MULTIPROC_DIR.
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -128,9 +130,13 @@ def serve_ours(
     if threads is not None:
         env["MODELSERVE_TORCH_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
-    with server(cmd, env, url, "/readyz", log) as pid:
-        yield url, pid
+           "--port", str(port), "--log-level", "warning", "--no-access-log",
+           "--workers", str(workers)]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench-prom-") as prom:
+        if workers > 1:
+            env |= {"WEB_CONCURRENCY": str(workers), "PROMETHEUS_MULTIPROC_DIR": prom}
+        with server(cmd, env, url, "/readyz", log) as pid:
+            yield url, pid
 
 
 @contextlib.contextmanager
@@ -258,7 +264,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "LitAPI(max_batch_size, batch_timeout) equal to ours",
             "ours": "uvicorn app.main:app, 1 process, MODELSERVE_MAX_BATCH_SIZE / "
             "MODELSERVE_BATCH_TIMEOUT_MS as above, other settings default (torch threads = "
-            "cores), log level WARNING; ours-tN: the same with MODELSERVE_TORCH_THREADS=N",
+            "cores), log level WARNING; ours-wN: N worker processes (WEB_CONCURRENCY=N, "
+            "PROMETHEUS_MULTIPROC_DIR set, torch threads = cores // N each); ours-tN: one "
+            f"process with MODELSERVE_TORCH_THREADS=N; worker counts tried: {args.ours_workers}",
             "ceiling": "benchmarks.inprocess: decode + preprocess + forward at batch = max_batch_size; "
             "single-item latency at batch 1; each the best of 1 thread and all cores",
         },
@@ -280,12 +288,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             print(f"\n== {group}: {model} ({', '.join(endpoints)})", flush=True)
             if "ours" in args.contenders:
-                for threads in [None, *args.ours_threads]:
-                    name = "ours" if threads is None else f"ours-t{threads}"
+                configs = [(1, None), *((w, None) for w in args.ours_workers if w != 1),
+                           *((1, t) for t in args.ours_threads)]  # fmt: skip
+                for workers, threads in configs:
+                    name = "ours" if workers == 1 else f"ours-w{workers}"
+                    name += "" if threads is None else f"-t{threads}"
                     log = tmp / f"{name}-{group}.log"
                     with serve_ours(
-                        group_dir, model, args.max_batch_size, args.batch_timeout_ms, log, threads
-                    ) as (url, _):
+                        group_dir, model, args.max_batch_size, args.batch_timeout_ms, log,
+                        threads, workers,
+                    ) as (url, _):  # fmt: skip
                         report["points"] += sweep_server(
                             name, "ours", url, model, endpoints, inputs, args
                         )
@@ -325,6 +337,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=[],
         help="also run our service with MODELSERVE_TORCH_THREADS=N (contender ours-tN)",
+    )
+    parser.add_argument(
+        "--ours-workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="our worker process counts to try, as for LitServe (default 1 2, quick 1; "
+        "contender ours-wN)",
     )
     parser.add_argument(
         "--groups", nargs="+", choices=list(GROUP_ENDPOINTS), default=list(GROUP_ENDPOINTS)
@@ -382,6 +402,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (0.5 if q else 1.0)
     args.ceiling_duration = args.ceiling_duration or (2.0 if q else 5.0)
     args.litserve_workers = args.litserve_workers or ([1] if q else [1, 2])
+    args.ours_workers = args.ours_workers or ([1] if q else [1, 2])
     return args
 
 

@@ -198,6 +198,31 @@ def test_targets_are_checked_with_the_issue_thresholds() -> None:
     assert targets[f"classify {full} c=1: p50 within 2 ms of in-process"] is False  # +2.5 ms
 
 
+def test_targets_hold_each_server_at_its_best_configuration() -> None:
+    # ours-w2 (two worker processes) beats the default on throughput, ours-t1 on c=1 latency;
+    # LitServe likewise gets its best worker count: the same rule for both servers
+    small = "alexnet-cifar10"
+    report: dict[str, Any] = {
+        "models": {"small": f"/x/small/{small}"},
+        "points": [
+            _point("ours", "classify", small, 1, 60, 16.0, 20),
+            _point("ours-t1", "classify", small, 1, 70, 9.5, 12),
+            _point("ours", "classify", small, 16, 120, 100, 150),
+            _point("ours-w2", "classify", small, 16, 210, 70, 110),
+            _point("litserve-w1", "classify", small, 16, 60, 200, 300),
+            _point("litserve-w2", "classify", small, 16, 150, 100, 170),
+        ],
+        "ceiling": [
+            {"endpoint": "classify", "model": small, "items_per_s": 300.0, "single_p50_ms": 8.0},
+        ],
+    }
+    found = {t["target"]: t for t in check_targets(report)}
+    ratio = found[f"classify {small}: peak req/s >= 1.3x LitServe's"]
+    assert ratio["met"] is True and ratio["value"].startswith("1.40x (210 req/s ours-w2")
+    single = found[f"classify {small} c=1: p50 within 2 ms of in-process"]
+    assert single["met"] is True and "ours-t1" in single["value"]  # +1.5 ms
+
+
 def test_markdown_report_has_every_point_and_target() -> None:
     report: dict[str, Any] = {
         "date": "2026-01-01T00:00:00+00:00",
