@@ -33,11 +33,12 @@ def make_step(
 ) -> Callable[[int, int], int]:
     """A function (start index, batch size) -> items done, running one batch end to end."""
     channels_last = next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
+    device = ops.device_of(model)
 
     def run(i: int, b: int) -> int:
         if endpoint in ("classify", "encode"):
             assert corpus is not None
-            x = ops.images_to_batch([corpus[i + j] for j in range(b)], card, channels_last)
+            x = ops.images_to_batch([corpus[i + j] for j in range(b)], card, channels_last, device)
             ops.classify(model, x) if endpoint == "classify" else ops.encode(model, x)
         elif endpoint == "decode":
             z = torch.tensor([latents[(i + j) % len(latents)] for j in range(b)])
@@ -75,11 +76,15 @@ def measure(
     duration: float = 5.0,
     threads: int | None = None,
     channels_last: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Throughput at `batch_size` and single-item latency of one endpoint of one model."""
+    """Throughput at `batch_size` and single-item latency of one endpoint of one model.
+
+    Every step ends with its answer on the host, so on CUDA each step includes its sync.
+    """
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    model, card = ops.load(model_dir, channels_last=channels_last)
+    model, card = ops.load(model_dir, channels_last=channels_last, device=device)
     latents = latent_rows(256, int(card.config.get("latent", 1)))
     step = make_step(endpoint, model, card, corpus, latents)
     timed_loop(step, batch_size, min(1.0, duration / 4))  # warm-up: allocator, oneDNN kernels
@@ -92,6 +97,7 @@ def measure(
         "model": card.name,
         "batch_size": batch_size,
         "threads": threads,
+        "device": str(device),
         "channels_last": channels_last and card.architecture == "alexnet",
         "items": items,
         "seconds": round(elapsed, 3),
@@ -147,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         "cores: on a busy machine one thread can beat two, whose barriers wait on the scheduler)",
     )
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
@@ -165,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.duration,
                 t,
                 args.channels_last,
+                args.device,
             )
             for t in options
         ]

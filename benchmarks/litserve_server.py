@@ -53,7 +53,8 @@ class _ModelAPI(ls.LitAPI):
         # Each LitServe worker is its own process: threads per worker = cores / workers, so the
         # workers together use every core without oversubscribing them.
         torch.set_num_threads(self.threads)
-        self.model, self.card = ops.load(self.model_dir, channels_last=True)
+        self.model, self.card = ops.load(self.model_dir, channels_last=True, device=device)
+        self.device = device
         self.channels_last = self.card.architecture == "alexnet"
 
     def _image(self, request: Any) -> Tensor:
@@ -65,7 +66,7 @@ class _ModelAPI(ls.LitAPI):
         return output
 
     def batch(self, inputs: list[Tensor]) -> Tensor:
-        x = torch.stack(inputs)
+        x = torch.stack(inputs).to(self.device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
@@ -101,7 +102,8 @@ class EncodeAPI(_ModelAPI):
         return self._image(request)
 
     def predict(self, x: Tensor) -> list[tuple[list[float], list[float]]]:
-        mean, log_var = ops.encode(self.model, x if x.ndim == 4 else x[None])
+        x = x if x.ndim == 4 else x[None].to(self.device)
+        mean, log_var = ops.encode(self.model, x)
         return list(zip(mean.tolist(), log_var.tolist(), strict=True))
 
     def encode_response(self, output: Any) -> dict[str, Any]:
@@ -155,9 +157,14 @@ class SampleAPI(_ModelAPI):
 
 
 def build_server(
-    model_dir: Path, workers: int, max_batch_size: int, batch_timeout: float, fast_queue: bool
+    model_dir: Path,
+    workers: int,
+    max_batch_size: int,
+    batch_timeout: float,
+    fast_queue: bool,
+    accelerator: str = "cpu",
 ) -> ls.LitServer:
-    """A LitServer with the endpoints of `model_dir`'s model kind."""
+    """A LitServer with the endpoints of `model_dir`'s model kind, on "cpu" or "cuda"."""
     card = read_card(model_dir)
     threads = max(1, (os.cpu_count() or 1) // workers)
     kinds: dict[str, list[tuple[type[_ModelAPI], str]]] = {
@@ -169,7 +176,11 @@ def build_server(
         for cls, path in kinds[card.architecture]
     ]
     return ls.LitServer(
-        apis, accelerator="cpu", workers_per_device=workers, fast_queue=fast_queue, timeout=60
+        apis,
+        accelerator=accelerator,
+        workers_per_device=workers,
+        fast_queue=fast_queue,
+        timeout=60,
     )
 
 
@@ -189,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="HTTP server processes (LitServe default: = workers)",
     )
+    parser.add_argument("--accelerator", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
     parser.add_argument(
@@ -204,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         args.max_batch_size,
         args.batch_timeout_ms / 1000.0,
         args.fast_queue,
+        args.accelerator,
     )
     server.run(
         host=args.host,

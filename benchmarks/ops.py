@@ -21,17 +21,30 @@ MAX_PIXELS = 40_000_000
 ENDPOINTS = ("classify", "encode", "decode", "sample")
 
 
-def load(model_dir: Path, channels_last: bool = True) -> tuple[nn.Module, ModelCard]:
-    """Load a checkpoint for inference; convolutional models optionally in channels-last."""
-    model, card = load_checkpoint(model_dir, device="cpu")
+def load(
+    model_dir: Path, channels_last: bool = True, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelCard]:
+    """Load a checkpoint for inference on `device`; convolutional models optionally in
+    channels-last."""
+    model, card = load_checkpoint(model_dir, device=device)
     if channels_last and card.architecture == "alexnet":
         model = model.to(memory_format=torch.channels_last)
     return model, card
 
 
-def images_to_batch(files: Sequence[bytes], card: ModelCard, channels_last: bool) -> Tensor:
-    """Decode and preprocess uploads exactly as the service does -> (B, C, H, W) float32."""
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights live."""
+    return next(model.parameters()).device
+
+
+def images_to_batch(
+    files: Sequence[bytes], card: ModelCard, channels_last: bool, device: str | torch.device = "cpu"
+) -> Tensor:
+    """Decode and preprocess uploads exactly as the service does -> (B, C, H, W) float32 on
+    `device` (one pinned host-to-device copy per batch on CUDA, as the service does)."""
     x = torch.stack([decode_image(f, card.input, MAX_PIXELS) for f in files])
+    if torch.device(device).type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
     return (
         x.contiguous(memory_format=torch.channels_last) if channels_last and x.shape[1] == 3 else x
     )
@@ -40,20 +53,23 @@ def images_to_batch(files: Sequence[bytes], card: ModelCard, channels_last: bool
 @torch.inference_mode()
 def classify(model: nn.Module, x: Tensor, top_k: int = 5) -> tuple[Tensor, Tensor]:
     """(B, C, H, W) -> top-k probabilities (B, K) and class indices (B, K)."""
-    probs = torch.softmax(model(x), dim=1)
-    return probs.topk(min(top_k, probs.shape[1]), dim=1)
+    probs = torch.softmax(model(x).float(), dim=1)
+    p, idx = probs.topk(min(top_k, probs.shape[1]), dim=1)
+    return p.cpu(), idx.cpu()  # the answer on the host: one device sync per batch
 
 
 @torch.inference_mode()
 def encode(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """(B, 1, H, W) in [0, 1] -> posterior mean (B, Z) and log-variance (B, Z)."""
-    return model.encode(x)  # type: ignore[operator]
+    mean, log_var = model.encode(x)  # type: ignore[operator]
+    return mean.cpu(), log_var.cpu()
 
 
 @torch.inference_mode()
 def decode(model: nn.Module, z: Tensor) -> Tensor:
-    """(B, Z) -> decoder mean images (B, 1, H, W)."""
-    return model.decode(z)  # type: ignore[operator]
+    """(B, Z) -> decoder mean images (B, 1, H, W), on the host."""
+    out: Tensor = model.decode(z.to(device_of(model)))  # type: ignore[operator]
+    return out.cpu()
 
 
 @torch.inference_mode()
@@ -63,4 +79,5 @@ def sample(model: nn.Module, seeds: Sequence[int]) -> tuple[Tensor, Tensor]:
     z = torch.stack(
         [torch.randn(latent, generator=torch.Generator().manual_seed(s)) for s in seeds]
     )
-    return z, model.decode(z)  # type: ignore[operator]
+    images: Tensor = model.decode(z.to(device_of(model)))  # type: ignore[operator]
+    return z, images.cpu()

@@ -113,6 +113,7 @@ def serve_ours(
     log: Path,
     threads: int | None = None,
     workers: int = 1,
+    device: str = "cpu",
 ) -> Iterator[tuple[str, int]]:
     """Our service (uvicorn, `workers` processes) on `model_dir`; yields (base URL, pid).
 
@@ -126,6 +127,7 @@ def serve_ours(
            "MODELSERVE_DEFAULT_CLASSIFIER": model, "MODELSERVE_DEFAULT_VAE": model,
            "MODELSERVE_MAX_BATCH_SIZE": str(max_batch_size),
            "MODELSERVE_BATCH_TIMEOUT_MS": str(batch_timeout_ms),
+           "MODELSERVE_DEVICE": torch_device_type(device),
            "MODELSERVE_LOG_LEVEL": "WARNING"}  # fmt: skip
     if threads is not None:
         env["MODELSERVE_TORCH_THREADS"] = str(threads)
@@ -141,7 +143,12 @@ def serve_ours(
 
 @contextlib.contextmanager
 def serve_litserve(
-    checkpoint: Path, workers: int, max_batch_size: int, batch_timeout_ms: float, log: Path
+    checkpoint: Path,
+    workers: int,
+    max_batch_size: int,
+    batch_timeout_ms: float,
+    log: Path,
+    device: str = "cpu",
 ) -> Iterator[tuple[str, int]]:
     """The LitServe contender on one checkpoint; yields (base URL, pid)."""
     port = free_port()
@@ -149,9 +156,15 @@ def serve_litserve(
     cmd = [sys.executable, "-m", "benchmarks.litserve_server", str(checkpoint),
            "--port", str(port), "--workers", str(workers),
            "--max-batch-size", str(max_batch_size),
-           "--batch-timeout-ms", str(batch_timeout_ms)]  # fmt: skip
+           "--batch-timeout-ms", str(batch_timeout_ms),
+           "--accelerator", torch_device_type(device)]  # fmt: skip
     with server(cmd, dict(os.environ), url, "/health", log) as pid:
         yield url, pid
+
+
+def torch_device_type(device: str) -> str:
+    """ "cuda:0" -> "cuda": the servers take a device type and pick the GPU themselves."""
+    return device.split(":", 1)[0]
 
 
 def machine() -> dict[str, Any]:
@@ -179,6 +192,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads_default": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "litserve": litserve_version,
         "commit": commit.stdout.strip() or "unknown",
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
@@ -236,7 +250,7 @@ def ceiling(model_dir: Path, endpoint: str, args: argparse.Namespace, tmp: Path)
     out = tmp / f"ceiling-{model_dir.name}-{endpoint}.json"
     cmd = [sys.executable, "-m", "benchmarks.inprocess", str(model_dir), "--endpoint", endpoint,
            "--batch-size", str(args.max_batch_size), "--duration", str(args.ceiling_duration),
-           "--data-dir", str(args.data_dir), "--json", str(out)]  # fmt: skip
+           "--data-dir", str(args.data_dir), "--json", str(out), "--device", args.device]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, timeout=600)
     return dict(json.loads(out.read_text()))
 
@@ -256,6 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "concurrency": args.concurrency,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
+            "device": args.device,
             "max_batch_size": args.max_batch_size,
             "batch_timeout_ms": args.batch_timeout_ms,
             "litserve_workers": args.litserve_workers,
@@ -296,7 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     log = tmp / f"{name}-{group}.log"
                     with serve_ours(
                         group_dir, model, args.max_batch_size, args.batch_timeout_ms, log,
-                        threads, workers,
+                        threads, workers, args.device,
                     ) as (url, _):  # fmt: skip
                         report["points"] += sweep_server(
                             name, "ours", url, model, endpoints, inputs, args
@@ -305,8 +320,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for workers in args.litserve_workers:
                     log = tmp / f"litserve-{group}-{workers}.log"
                     with serve_litserve(
-                        group_dir / model, workers, args.max_batch_size, args.batch_timeout_ms, log
-                    ) as (url, _):
+                        group_dir / model, workers, args.max_batch_size, args.batch_timeout_ms,
+                        log, args.device,
+                    ) as (url, _):  # fmt: skip
                         name = f"litserve-w{workers}"
                         report["points"] += sweep_server(
                             name, "litserve", url, model, endpoints, inputs, args
@@ -389,6 +405,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=None,
         help="LitServe worker counts to try (default 1 2, quick 1)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or cuda[:N]: all three contenders run their models there (default: cpu)",
     )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--models-root", type=Path, default=REPO / "runs" / "bench" / "models")

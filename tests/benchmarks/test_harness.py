@@ -135,6 +135,23 @@ def test_inprocess_ceiling_reports_throughput_and_single_latency(model_dir: Path
     assert result["model"] == "alexnet-cifar10"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_inprocess_ceiling_on_cuda_answers_on_the_host(model_dir: Path) -> None:
+    corpus = generated(4, (32, 32), "RGB", "JPEG")
+    result = measure(
+        model_dir / "alexnet-cifar10", "classify", corpus, batch_size=4, duration=0.05,
+        device="cuda",
+    )  # fmt: skip
+    assert result["device"] == "cuda" and result["items_per_s"] > 0
+    model, card = ops.load(model_dir / "alexnet-cifar10", device="cuda")
+    x = ops.images_to_batch(corpus.files, card, channels_last=True, device="cuda")
+    probs, idx = ops.classify(model, x)
+    assert x.is_cuda and probs.device.type == "cpu" and idx.shape == (4, 5)
+    cpu_model, _ = ops.load(model_dir / "alexnet-cifar10")
+    cpu_probs, _ = ops.classify(cpu_model, ops.images_to_batch(corpus.files, card, True))
+    torch.testing.assert_close(probs, cpu_probs, atol=1e-2, rtol=0)  # cuDNN may use TF32
+
+
 def test_ops_sample_same_seed_same_image(model_dir: Path) -> None:
     model, _ = ops.load(model_dir / "vae-mnist")
     z1, x1 = ops.sample(model, [3, 4])
