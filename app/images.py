@@ -75,6 +75,16 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return im
 
 
+def declared_pixels(data: bytes) -> int | None:
+    """Width x height from the header alone (no pixel data decoded); None if unreadable."""
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+            width, height = im.size
+    except Exception:  # the full decode reports what is wrong with it
+        return None
+    return width * height
+
+
 def _draft_size(im: Image.Image, spec: InputSpec) -> tuple[int, int]:
     """Smallest (w, h) the resize step needs, so `draft()` never decodes below it."""
     out_h, out_w = spec.size

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.types import Receive
 
+from app.images import declared_pixels
 from app.predictors import Predictor
 from app.registry import Registry
 from app.schemas import ErrorResponse
@@ -32,23 +33,29 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Images up to this many pixels (a 128x128 thumbnail, every CIFAR-10 or MNIST image) decode in
+# well under a millisecond: faster on the event loop than the round trip to the thread pool.
+INLINE_DECODE_MAX_PIXELS = 128 * 128
+
+
 async def decode_uploads(
     files: Sequence[UploadFile], predictor: Predictor, settings: Settings
 ) -> list[Any]:
-    """Read every part, decode each image in the thread pool (in parallel), keep the order."""
+    """Read every part and decode it, keeping the order: small images right here, larger ones
+    in the thread pool (in parallel, off the event loop)."""
     if len(files) > settings.max_batch_images:
         raise HTTPException(
             413, f"{len(files)} images in one request; the limit is {settings.max_batch_images}"
         )
     blobs = [await f.read() for f in files]
-    return list(
-        await asyncio.gather(
-            *(
-                run_in_threadpool(predictor.decode_image, b, settings.max_image_pixels)
-                for b in blobs
-            )
-        )
-    )
+
+    async def decode(b: bytes) -> Any:
+        pixels = declared_pixels(b)
+        if pixels is not None and pixels <= INLINE_DECODE_MAX_PIXELS:
+            return predictor.decode_image(b, settings.max_image_pixels)
+        return await run_in_threadpool(predictor.decode_image, b, settings.max_image_pixels)
+
+    return list(await asyncio.gather(*(decode(b) for b in blobs)))
 
 
 # nginx's "client closed request": logged and counted, never seen by the client.

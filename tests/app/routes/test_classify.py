@@ -72,6 +72,32 @@ def test_concurrent_requests_each_get_their_own_answer(client: TestClient) -> No
         assert top["probability"] == pytest.approx(float(ref.max()), abs=1e-5)
 
 
+def test_large_images_decode_off_the_event_loop(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # thumbnails decode inline (cheaper than a thread hop); anything larger goes to the pool,
+    # so a big upload never stalls other requests; the answers are the same either way
+    import app.routes.uploads as uploads
+
+    pooled: list[bytes] = []
+    real = uploads.run_in_threadpool
+
+    async def counting(fn, data, *args):  # type: ignore[no-untyped-def]
+        pooled.append(data)
+        return await real(fn, data, *args)
+
+    monkeypatch.setattr(uploads, "run_in_threadpool", counting)
+    small, large = png_bytes(size=(32, 32)), png_bytes(size=(300, 200), color=(10, 200, 30))
+    r = client.post("/classify", files=[part(small), part(large)])
+    assert r.status_code == 200, r.text
+    assert pooled == [large]
+    for data, result in zip((small, large), r.json()["results"], strict=True):
+        top = result["predictions"][0]
+        assert top["probability"] == pytest.approx(
+            float(reference_probs(client, data).max()), abs=1e-5
+        )
+
+
 def test_top_k_and_model_parameters(client: TestClient) -> None:
     data = png_bytes()
     assert len(client.post("/classify?top_k=1", files=[part(data)]).json()["predictions"]) == 1
