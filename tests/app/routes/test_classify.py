@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -82,7 +84,7 @@ def test_large_images_decode_off_the_event_loop(
     pooled: list[bytes] = []
     real = uploads.run_in_threadpool
 
-    async def counting(fn, data, *args):  # type: ignore[no-untyped-def]
+    async def counting(fn: Callable[..., Any], data: bytes, *args: Any) -> Any:
         pooled.append(data)
         return await real(fn, data, *args)
 
