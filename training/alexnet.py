@@ -24,12 +24,13 @@ from torch.utils.data.distributed import DistributedSampler
 
 from models.alexnet import PRESETS, AlexNet
 from models.checkpoint import DatasetInfo, InputSpec, ModelCard, load_checkpoint
-from training.augment import (
-    center_crop,
-    compute_pca_stats,
-    pca_color_noise,
-    random_crop_flip,
-    ten_crop,
+from training.augment import center_crop, compute_pca_stats, pca_color_noise, random_crop_flip
+from training.classification import (
+    confusion_matrix,
+    normalize,
+    predict_loader,
+    predict_small,
+    val_errors,
 )
 from training.data import (
     DataError,
@@ -112,71 +113,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         schedule="onecycle",
         weight_decay=5e-4,
     )
-
-
-def normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """(B, 3, H, W) in [0, 1] -> standardised per channel; mean and std (3,)."""
-    return (x - mean[:, None, None]) / std[:, None, None]
-
-
-def topk_errors(scores: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
-    """Fraction of rows whose label is not among the top-k scores, for each k: (N, C), (N,)."""
-    k_max = min(max(ks), scores.shape[1])
-    top = scores.topk(k_max, dim=1).indices  # (N, k_max)
-    hit = top == labels[:, None]
-    return {k: 1.0 - hit[:, : min(k, k_max)].any(1).float().mean().item() for k in ks}
-
-
-@torch.no_grad()
-def predict_small(
-    model: nn.Module,
-    images: Tensor,
-    mean: Tensor,
-    std: Tensor,
-    crop: int,
-    use_ten_crop: bool = False,
-    batch_size: int = 500,
-) -> Tensor:
-    """Softmax probabilities (N, C) for uint8 images (N, 3, H, W): centre crop or ten-crop mean."""
-    p = next(model.parameters())
-    mean, std = mean.to(p.device), std.to(p.device)
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size].to(p.device).float().div_(255)
-        views = ten_crop(x, crop) if use_ten_crop else center_crop(x, crop)[None]  # (V, B, 3, c, c)
-        v, b = views.shape[:2]
-        logits = model(normalize(views.flatten(0, 1), mean, std))  # (V*B, C)
-        out.append(logits.float().softmax(-1).view(v, b, -1).mean(0))
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def predict_loader(
-    model: nn.Module,
-    loader: DataLoader,
-    mean: Tensor,
-    std: Tensor,
-    crop: int,
-    use_ten_crop: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """Softmax probabilities (N, C) and labels (N,) over a loader of (uint8 images, labels)."""
-    scores, labels = [], []
-    for x, y in loader:
-        scores.append(predict_small(model, x, mean, std, crop, use_ten_crop, batch_size=len(x)))
-        labels.append(y)
-    return torch.cat(scores), torch.cat(labels)
-
-
-def confusion_matrix(scores: Tensor, labels: Tensor) -> Tensor:
-    """(N, C) scores, (N,) labels -> (C, C) counts, rows true class, columns predicted."""
-    c = scores.shape[1]
-    pred = scores.argmax(1).cpu()
-    return torch.bincount(labels.cpu() * c + pred, minlength=c * c).view(c, c)
-
-
-def _errors(scores: Tensor, labels: Tensor, suffix: str = "") -> dict[str, float]:
-    errors = topk_errors(scores, labels.to(scores.device))
-    return {f"val_top1_err{suffix}": errors[1], f"val_top5_err{suffix}": errors[5]}
 
 
 def small_image_set(args: argparse.Namespace, progress: bool) -> ImageSet:
@@ -276,7 +212,7 @@ def _task(
         model=model,
         train_batches=batches,
         step_fn=step,
-        evaluate=lambda m, epoch: _errors(*predict(m)),
+        evaluate=lambda m, epoch: val_errors(*predict(m)),
         make_card=make_card,
         make_figures=make_figures,
         best_metric=("val_top1_err", False),
@@ -468,5 +404,5 @@ def evaluate_checkpoint(args: argparse.Namespace) -> ModelCard:
             Subset(folder, va.tolist()), batch_size=args.batch_size, num_workers=args.workers
         )
         scores, labels = predict_loader(model, loader, mean, std, crop, args.ten_crop)
-    metrics = _errors(scores, labels, "_tencrop" if args.ten_crop else "")
+    metrics = val_errors(scores, labels, "_tencrop" if args.ten_crop else "")
     return update_card(args.checkpoint, card, metrics)

@@ -10,7 +10,7 @@ import torch
 
 from models.checkpoint import load_checkpoint, read_card
 from models.vae import VAE
-from training.alexnet import confusion_matrix
+from training.classification import confusion_matrix
 from training.cli import main
 from training.vae import binarize_fixed, evaluate_elbo, importance_log_px
 
