@@ -1,8 +1,9 @@
 """Per-kind predictors: the hooks between HTTP payloads and a loaded model (after LitServe).
 
 Each predictor has `setup` (load and place the model), `decode_request` (payload -> one CPU
-tensor per item; runs in a thread pool, many at once), `predict` (one batched forward of a
-named operation, on the inference thread) and `encode_response` (outputs -> response schema).
+tensor per item; thumbnails on the event loop, larger images in a thread pool, many at once),
+`predict` (one batched forward of a named operation, on the inference thread) and
+`encode_response` (outputs -> response schema).
 Routes call these hooks and never touch torch; `app.registry` owns batching.
 Shapes: B batch, C/H/W image, N classes, Z latent, D = H*W pixels.
 """
