@@ -5,11 +5,24 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
 
 from app.settings import Settings
+
+
+def prepare_multiprocess_dir() -> None:
+    """With PROMETHEUS_MULTIPROC_DIR set: create it, and drop the previous run's value files
+    (counters would otherwise carry on from a run that is gone, as prometheus-client warns)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -18,6 +31,7 @@ def main() -> None:
         s = Settings()
     except ValidationError as e:
         raise SystemExit(f"invalid MODELSERVE_* settings:\n{e}") from None
+    prepare_multiprocess_dir()  # before any worker starts writing there
     # uvicorn drains in-flight requests on SIGTERM (up to the grace period), then re-raises the
     # signal so the default handler kills the process (status -15, 143 in Docker). A drained
     # shutdown is a clean exit: make that re-raise a no-op so we return and exit 0.

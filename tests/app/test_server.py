@@ -16,9 +16,10 @@ import httpx
 import pytest
 import torch
 
+from app.__main__ import prepare_multiprocess_dir
 from models import AlexNet, AlexNetConfig, InputSpec, ModelCard, save_checkpoint
 from models.checkpoint import DatasetInfo
-from tests.app.conftest import png_bytes
+from tests.app.conftest import make_alexnet, png_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -139,3 +140,63 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(
     worker.join(60)
     assert result["r"].status_code == 200 and len(result["r"].json()["results"]) == 16
     assert proc.wait(60) == 0
+
+
+def test_several_workers_share_one_metrics_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WEB_CONCURRENCY=2 with PROMETHEUS_MULTIPROC_DIR: whichever worker answers the scrape,
+    /metrics counts every worker's requests, and a stale file from an earlier run is dropped."""
+    root = tmp_path / "models"
+    root.mkdir()
+    make_alexnet(root)
+    prom = tmp_path / "prom"  # does not exist yet: `python -m app` creates it
+    port = free_port()
+    env = os.environ | {
+        "MODELSERVE_MODEL_DIR": str(root),
+        "MODELSERVE_LOG_LEVEL": "WARNING",
+        "MODELSERVE_HOST": "127.0.0.1",
+        "MODELSERVE_PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(prom),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app"], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        # both workers up: each writes its build-info gauge file, and fresh connections
+        # (spread over the workers by the kernel) all find a ready worker
+        while True:
+            assert proc.poll() is None, "server exited"
+            try:
+                ready = all(httpx.get(f"{url}/readyz").status_code == 200 for _ in range(6))
+            except httpx.TransportError:
+                ready = False
+            if ready and len(list(prom.glob("gauge_max_*.db"))) >= 2:
+                break
+            assert time.monotonic() < deadline, "workers never became ready"
+            time.sleep(0.2)
+        files = [("image", ("x.png", png_bytes(), "image/png"))]
+        for _ in range(20):
+            # a new connection each time, so the kernel spreads them over both workers
+            assert httpx.post(f"{url}/classify", files=files).status_code == 200
+        for _ in range(4):  # every scrape, from either worker, sees all 20
+            text = httpx.get(f"{url}/metrics").text
+            counted = sum(
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith("modelserve_http_requests_total{")
+                and 'route="/classify"' in line
+            )
+            assert counted == 20, text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    # a restart starts from zero: the previous run's files are removed before workers start
+    assert list(prom.glob("*.db"))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(prom))
+    prepare_multiprocess_dir()
+    assert not list(prom.glob("*.db"))
