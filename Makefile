@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 HOST ?= $(or $(MODELSERVE_HOST),0.0.0.0)
 PORT ?= $(or $(MODELSERVE_PORT),8000)
 
-.PHONY: venv serve test lint typecheck check train-vae train-alexnet clean
+.PHONY: venv serve test lint typecheck check wheelhouse clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,21 @@ typecheck: $(STAMP)
 	$(BIN)/mypy app models training
 
 check: lint typecheck test
+
+# Wheels of the dependencies (serve, train, bench, tests) for an offline machine that already
+# has torch, e.g. a GPU node; WHEEL_SKIP names packages it has too. Copy .whl/ there, then
+#   python3 -m pip install --no-index --find-links .whl -e '.[train,bench]' pytest-asyncio schemathesis
+WHEEL_PYTHON ?= 3.12
+WHEEL_SKIP ?= torch torchvision
+WHEEL_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 any
+wheelhouse: $(STAMP)
+	$(BIN)/python -c 'import re, sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	  reqs = p["dependencies"] + [r for e in ("train", "bench", "dev") for r in p["optional-dependencies"][e]]; \
+	  skip = set(sys.argv[1:]) | {"modelserve", "ruff", "mypy"}; \
+	  print("\n".join(r for r in reqs if re.split(r"[<>=!~;\[ ]", r)[0] not in skip))' $(WHEEL_SKIP) \
+	| xargs -d '\n' $(BIN)/python -m pip download --quiet --only-binary=:all: --dest .whl \
+		--python-version $(WHEEL_PYTHON) $(addprefix --platform ,$(WHEEL_PLATFORMS))
+	du -sh .whl
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
