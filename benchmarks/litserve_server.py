@@ -102,7 +102,7 @@ class EncodeAPI(_ModelAPI):
         return self._image(request)
 
     def predict(self, x: Tensor) -> list[tuple[list[float], list[float]]]:
-        x = x if x.ndim == 4 else x[None].to(self.device)
+        x = x if x.ndim == 4 else self.batch([x])  # max_batch_size 1: LitServe skips batch()
         mean, log_var = ops.encode(self.model, x)
         return list(zip(mean.tolist(), log_var.tolist(), strict=True))
 
