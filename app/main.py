@@ -23,7 +23,7 @@ from app.deps import require_api_key
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import ServingMiddleware
-from app.registry import Registry, default_threads
+from app.registry import Registry
 from app.routes import classify, health, models, vae
 from app.settings import Settings
 
@@ -43,9 +43,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load models (in the background unless require_all_models), serve, then drain."""
     settings: Settings = app.state.settings
     configure_logging(settings.log_level, settings.log_format)
-    torch.set_num_threads(settings.torch_threads or default_threads())
-    app.state.metrics.set_build_info(__version__, torch.__version__)
     registry = Registry(settings, app.state.metrics)
+    torch.set_num_threads(registry.threads)
+    app.state.metrics.set_build_info(__version__, torch.__version__)
     app.state.registry = registry
     log.info(
         "loading %d model(s) from %s on %s", len(registry.dirs), settings.model_dir, registry.device

@@ -51,6 +51,18 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+def _init_inference_thread(threads: int) -> None:
+    """Give the inference thread its own OpenMP thread count.
+
+    torch.set_num_threads also sets the calling thread's OpenMP team size, and each thread
+    starts from the OpenMP default (every core), not from the main thread's setting. oneDNN
+    and MKL read the thread's own value, so without this an inference thread of a worker set
+    to 1 thread still forks a team of all cores per convolution, and that team's spinning
+    threads take a core from the other workers between batches.
+    """
+    torch.set_num_threads(threads)
+
+
 def model_dirs(root: Path) -> list[Path]:
     """Subdirectories of `root` holding a model card, sorted by name."""
     return sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
@@ -67,9 +79,15 @@ class Registry:
         self.failed: dict[str, str] = {}
         self.batchers: dict[tuple[str, str], Batcher[Any, Any]] = {}
         self.loaded = False  # the load attempt finished (ready = loaded and any model)
+        self.threads = settings.torch_threads or default_threads()
         # One inference thread: batches of all models take turns on the device, each using
         # every intra-op thread; two concurrent forwards would only fight for the same cores.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="inference",
+            initializer=_init_inference_thread,
+            initargs=(self.threads,),
+        )
         self.dirs = model_dirs(settings.model_dir)
         if not self.dirs:
             raise RuntimeError(
@@ -124,8 +142,9 @@ class Registry:
         self.loaded = True
 
     async def load(self) -> None:
-        """Load in a worker thread, then start serving."""
-        await asyncio.to_thread(self.load_all)
+        """Load and warm up on the inference thread (so its thread team is the one warmed),
+        then start serving."""
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.load_all)
         self.start()
         log.info("ready: %s loaded, %d failed", sorted(self.predictors), len(self.failed))
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,16 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.app.conftest import make_alexnet, make_vae, png_bytes, test_settings, wait_ready
+from tests.app.conftest import (
+    LATENT,
+    make_alexnet,
+    make_vae,
+    png_bytes,
+    test_settings,
+    wait_ready,
+)
+
+JSON_TYPE = "application/json"
 
 IMAGE = [("image", ("x.png", png_bytes(), "image/png"))]
 
@@ -251,3 +262,39 @@ def test_module_level_app_is_built_lazily_from_the_environment(
     monkeypatch.setenv("MODELSERVE_MAX_BATCH_SIZE", "0")
     with pytest.raises(SystemExit, match="max_batch_size"):
         main_module.__getattr__("app")
+
+
+def _openmp_runtime() -> ctypes.CDLL | None:
+    """The OpenMP runtime torch loaded (Linux: libgomp from /proc/self/maps), or None."""
+    maps = Path("/proc/self/maps")
+    if not maps.is_file():
+        return None
+    for line in maps.read_text().splitlines():
+        if "libgomp" in line or "libomp" in line or "libiomp" in line:
+            return ctypes.CDLL(line.split()[-1])
+    return None
+
+
+def test_inference_thread_has_the_configured_openmp_team(tmp_path: Path) -> None:
+    # Each OS thread starts from OpenMP's default team size (all cores), whatever the main
+    # thread set; MKL and oneDNN read the calling thread's own value, and torch corrects it
+    # only once the thread runs one of its own parallel loops (a VAE's small batches never
+    # do). The inference thread must carry the configured count from the start, or its MKL
+    # calls fork a team of all cores and workers x threads oversubscribes them.
+    omp = _openmp_runtime()
+    if omp is None:
+        pytest.skip("no OpenMP runtime found in this process")
+    # A count that differs from OpenMP's default on this machine, so a thread left at the
+    # default is seen.
+    threads = 1 if (os.cpu_count() or 1) > 1 else 2
+    make_vae(tmp_path)
+    before = torch.get_num_threads()
+    try:
+        with TestClient(create_app(test_settings(tmp_path, torch_threads=threads))) as client:
+            wait_ready(client)
+            r = client.post("/decode", json={"z": [[0.0] * LATENT]}, headers={"accept": JSON_TYPE})
+            assert r.status_code == 200, r.text
+            registry = client.app.state.registry  # type: ignore[attr-defined]
+            assert registry.executor.submit(omp.omp_get_max_threads).result() == threads
+    finally:
+        torch.set_num_threads(before)
