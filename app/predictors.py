@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from app import schemas
-from app.images import decode_image
+from app.images import decode_opened, normalize
 from models.checkpoint import ModelCard, load_checkpoint
 
 
@@ -72,11 +72,23 @@ class Predictor(ABC):
         return fns[op]
 
     def _to_device(self, items: list[Tensor]) -> Tensor:
-        """Stack CPU items into one batch and move it once (pinned, async on CUDA)."""
-        x = torch.stack(items)
+        """Stack CPU items into one batch and move it once (pinned, async on CUDA).
+
+        Decoded images arrive as uint8 pixels and are normalised here, once per batch and after
+        the copy (a quarter of the bytes to move); float items (JSON pixels, latents) are
+        already in model space. A batch mixing both normalises its uint8 items one by one.
+        """
+        if all(t.dtype == torch.uint8 for t in items):
+            x = torch.stack(items)
+        else:
+            x = torch.stack([self._model_space(t) if t.dtype == torch.uint8 else t for t in items])
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
-        return x
+        return self._model_space(x) if x.dtype == torch.uint8 else x
+
+    def _model_space(self, pixels: Tensor) -> Tensor:
+        """uint8 pixels (..., C, H, W) -> the model's normalised float input."""
+        return normalize(pixels, self.card.input)
 
     @abstractmethod
     def warmup(self, max_batch_size: int) -> None:
@@ -91,9 +103,10 @@ class Predictor(ABC):
     def predict_decode(self, items: list[Tensor]) -> list[Tensor]:
         raise NotImplementedError(f"{self.kind} does not decode")
 
-    def decode_image(self, data: bytes, max_pixels: int) -> Tensor:
-        """Uploaded bytes -> the model's (C, H, W) input, as the card's input spec says."""
-        return decode_image(data, self.card.input, max_pixels)
+    def decode_image(self, im: Image.Image) -> Tensor:
+        """An opened upload (`app.images.open_image`) -> the (C, H, W) uint8 pixels the card's
+        input spec asks for; `_to_device` normalises them with the rest of the batch."""
+        return decode_opened(im, self.card.input)
 
     def info(self, default: bool) -> schemas.ModelInfo:
         """The card as the API shows it."""
@@ -139,7 +152,7 @@ class ClassifierPredictor(Predictor):
     def warmup(self, max_batch_size: int) -> None:
         c, (h, w) = self.card.input.channels, self.card.input.size
         for b in sorted({1, max_batch_size}):
-            self.predict_classify([torch.zeros(c, h, w)] * b)
+            self.predict_classify([torch.zeros(c, h, w, dtype=torch.uint8)] * b)
 
     def encode_response(self, probs: Tensor, top_k: int) -> schemas.ClassifyResult:
         """(N,) probabilities -> the top_k classes, most probable first."""
@@ -191,7 +204,7 @@ class VAEPredictor(Predictor):
     def warmup(self, max_batch_size: int) -> None:
         h, w = self.image_shape
         for b in sorted({1, max_batch_size}):
-            self.predict_encode([torch.zeros(1, h, w)] * b)
+            self.predict_encode([torch.zeros(1, h, w, dtype=torch.uint8)] * b)
             self.predict_decode([torch.zeros(self.latent_dim)] * b)
 
     # --- decode_request ----------------------------------------------------------------

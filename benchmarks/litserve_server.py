@@ -3,8 +3,10 @@
 Each model kind is one or more `LitAPI`s with the LitServe hooks (setup / decode_request / batch
 / predict / unbatch / encode_response); LitServe's batching is configured with
 `max_batch_size` and `batch_timeout` equal to our service's (`MODELSERVE_MAX_BATCH_SIZE`,
-`MODELSERVE_BATCH_TIMEOUT_MS`). Preprocessing is `app.images.decode_image` and the model work
-is `benchmarks.ops`, so only the serving machinery differs.
+`MODELSERVE_BATCH_TIMEOUT_MS`). Preprocessing is the service's own, split the same way
+(`decode_request` decodes one upload to uint8 pixels, `batch` normalises the stacked batch:
+`benchmarks.ops.decode_pixels` / `to_model_batch`) and the model work is `benchmarks.ops`, so
+only the serving machinery differs.
 
 Endpoints (POST; one item per request, which is what the load generator sends):
 * classifier model: `/classify` multipart `image` -> {"model", "predictions": [top 5]}
@@ -59,15 +61,14 @@ class _ModelAPI(ls.LitAPI):
 
     def _image(self, request: Any) -> Tensor:
         # request: the multipart form (starlette FormData); "image" is an UploadFile.
-        return ops.images_to_batch([request["image"].file.read()], self.card, False)[0]
+        return ops.decode_pixels([request["image"].file.read()], self.card)[0]  # (C, H, W) uint8
 
     def unbatch(self, output: list[Any]) -> list[Any]:
         # predict() already returns one plain-Python entry per request.
         return output
 
     def batch(self, inputs: list[Tensor]) -> Tensor:
-        x = torch.stack(inputs).to(self.device)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return ops.to_model_batch(torch.stack(inputs), self.card, self.channels_last, self.device)
 
 
 class ClassifyAPI(_ModelAPI):

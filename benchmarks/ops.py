@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from app.images import decode_image
+from app.images import decode_opened, normalize, open_image
 from models.checkpoint import ModelCard, load_checkpoint
 
 # Same limit as the service's default (app/settings.py max_image_pixels).
@@ -37,17 +37,31 @@ def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def decode_pixels(files: Sequence[bytes], card: ModelCard) -> Tensor:
+    """Decode uploads as the service does -> (B, C, H, W) uint8 pixels on the host."""
+    return torch.stack([decode_opened(open_image(f, MAX_PIXELS), card.input) for f in files])
+
+
+def to_model_batch(
+    pixels: Tensor, card: ModelCard, channels_last: bool, device: str | torch.device = "cpu"
+) -> Tensor:
+    """(B, C, H, W) uint8 -> normalised float32 on `device`, as the service's batch step does:
+    one pinned host-to-device copy of the uint8 pixels on CUDA, then normalisation there."""
+    x = pixels
+    if torch.device(device).type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    x = normalize(x, card.input)
+    return (
+        x.contiguous(memory_format=torch.channels_last) if channels_last and x.shape[1] == 3 else x
+    )
+
+
 def images_to_batch(
     files: Sequence[bytes], card: ModelCard, channels_last: bool, device: str | torch.device = "cpu"
 ) -> Tensor:
     """Decode and preprocess uploads exactly as the service does -> (B, C, H, W) float32 on
-    `device` (one pinned host-to-device copy per batch on CUDA, as the service does)."""
-    x = torch.stack([decode_image(f, card.input, MAX_PIXELS) for f in files])
-    if torch.device(device).type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
-    return (
-        x.contiguous(memory_format=torch.channels_last) if channels_last and x.shape[1] == 3 else x
-    )
+    `device`."""
+    return to_model_batch(decode_pixels(files, card), card, channels_last, device)
 
 
 @torch.inference_mode()

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.types import Receive
 
-from app.images import declared_pixels
+from app.images import open_image
 from app.predictors import Predictor
 from app.registry import Registry
 from app.schemas import ErrorResponse
@@ -50,10 +50,11 @@ async def decode_uploads(
     blobs = [await f.read() for f in files]
 
     async def decode(b: bytes) -> Any:
-        pixels = declared_pixels(b)
-        if pixels is not None and pixels <= INLINE_DECODE_MAX_PIXELS:
-            return predictor.decode_image(b, settings.max_image_pixels)
-        return await run_in_threadpool(predictor.decode_image, b, settings.max_image_pixels)
+        im = open_image(b, settings.max_image_pixels)  # the header only: format, declared size
+        width, height = im.size
+        if width * height <= INLINE_DECODE_MAX_PIXELS:
+            return predictor.decode_image(im)
+        return await run_in_threadpool(predictor.decode_image, im)
 
     return list(await asyncio.gather(*(decode(b) for b in blobs)))
 

@@ -81,18 +81,18 @@ def test_large_images_decode_off_the_event_loop(
     # so a big upload never stalls other requests; the answers are the same either way
     import app.routes.uploads as uploads
 
-    pooled: list[bytes] = []
+    pooled: list[tuple[int, int]] = []
     real = uploads.run_in_threadpool
 
-    async def counting(fn: Callable[..., Any], data: bytes, *args: Any) -> Any:
-        pooled.append(data)
-        return await real(fn, data, *args)
+    async def counting(fn: Callable[..., Any], im: Any, *args: Any) -> Any:
+        pooled.append(im.size)
+        return await real(fn, im, *args)
 
     monkeypatch.setattr(uploads, "run_in_threadpool", counting)
     small, large = png_bytes(size=(32, 32)), png_bytes(size=(300, 200), color=(10, 200, 30))
     r = client.post("/classify", files=[part(small), part(large)])
     assert r.status_code == 200, r.text
-    assert pooled == [large]
+    assert pooled == [(300, 200)]
     for data, result in zip((small, large), r.json()["results"], strict=True):
         top = result["predictions"][0]
         assert top["probability"] == pytest.approx(
