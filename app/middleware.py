@@ -1,4 +1,6 @@
-"""One pure-ASGI middleware: request id, upload limit, HTTP metrics, access log, last-resort 500.
+"""One pure-ASGI middleware: request id, upload limit, HTTP metrics, access log, last-resort 500,
+and a `Server-Timing: app;dur=<ms>` header (time in the app up to the response's first byte),
+so a client can tell its own and the network's share of a latency from the server's.
 
 Pure ASGI (not BaseHTTPMiddleware) so the body streams through untouched and can be counted:
 an upload over the limit is refused from its Content-Length before it is read, and a chunked
@@ -61,7 +63,12 @@ class ServingMiddleware:
                 started = True
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                timing = f"app;dur={(time.perf_counter() - start) * 1000:.2f}".encode()
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode()),
+                    (b"server-timing", timing),
+                ]
             await send(message)
 
         received = 0

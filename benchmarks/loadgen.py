@@ -3,7 +3,8 @@
 Each point runs `concurrency` closed-loop clients (send, wait for the answer, send again) for a
 warm-up and then a fixed measured window; only requests that complete inside the window count.
 It reports requests/s, images/s (items/s: images, latent rows or samples), p50/p95/p99 latency of
-the successful requests and the errors by status, as a table on stdout and as JSON.
+the successful requests, the errors by status and, where the server sends `Server-Timing: app;dur=`
+(ours does), the p50 of the server's own share, as a table on stdout and as JSON.
 
     python -m benchmarks.loadgen http://127.0.0.1:8000 --flavour ours --endpoint classify \\
         --model alexnet-cifar10 --concurrency 1 4 16 64 --duration 10
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import ssl
 import time
 from collections import Counter
@@ -53,6 +55,16 @@ class PointResult:
     p99_ms: float | None
     errors: dict[str, int] = field(default_factory=dict)
     load_avg_1m: float | None = None
+    server_p50_ms: float | None = None  # from Server-Timing; None when the server sends none
+
+
+SERVER_TIMING = re.compile(r"(?:^|,)\s*app;dur=([0-9.]+)")
+
+
+def server_ms(headers: httpx.Headers) -> float | None:
+    """The server's own time (`Server-Timing: app;dur=<ms>`), or None if it sends none."""
+    m = SERVER_TIMING.search(headers.get("server-timing", ""))
+    return float(m.group(1)) if m else None
 
 
 def _mime(data: bytes) -> str:
@@ -103,11 +115,13 @@ def summarise(
     latencies_s: list[float],
     errors: Counter[str],
     items_per_request: int = 1,
+    server_ms: list[float] | None = None,
 ) -> PointResult:
     """Throughput and latency percentiles of one measured window."""
     ok = len(latencies_s)
     lat = np.asarray(latencies_s) * 1000.0
     pct = [round(float(v), 3) for v in np.percentile(lat, [50, 95, 99])] if ok else [None] * 3
+    server_p50 = round(float(np.median(server_ms)), 3) if server_ms else None
     return PointResult(
         contender=contender,
         endpoint=endpoint,
@@ -122,6 +136,7 @@ def summarise(
         p95_ms=pct[1],
         p99_ms=pct[2],
         errors=dict(errors),
+        server_p50_ms=server_p50,
     )
 
 
@@ -131,8 +146,9 @@ async def run_point(
     concurrency: int,
     duration: float,
     warmup: float,
-) -> tuple[float, list[float], Counter[str]]:
-    """Drive `concurrency` closed-loop clients; latencies and errors of the measured window.
+) -> tuple[float, list[float], Counter[str], list[float]]:
+    """Drive `concurrency` closed-loop clients; latencies, errors and server-side times (where
+    the server reports them) of the measured window.
 
     Each client has its own httpx.AsyncClient (one connection): one shared pool of 64
     connections costs httpx so much that the client, not the server, caps the throughput
@@ -146,21 +162,26 @@ async def run_point(
     window = (start + warmup, start + warmup + duration)
     latencies: list[float] = []
     errors: Counter[str] = Counter()
+    server: list[float] = []
     counter = iter(range(10**12))
 
     async def worker(client: httpx.AsyncClient) -> None:
         while loop.time() < window[1]:  # bounded: stops issuing once the window closes
             method, path, kwargs = request(next(counter))
             t0 = time.perf_counter()
+            own: float | None = None
             try:
                 response = await client.request(method, path, **kwargs)
                 status: str | None = None if response.is_success else str(response.status_code)
+                own = server_ms(response.headers)
             except httpx.HTTPError as e:
                 status = type(e).__name__
             done = loop.time()
             if window[0] <= done <= window[1]:
                 if status is None:
                     latencies.append(time.perf_counter() - t0)
+                    if own is not None:
+                        server.append(own)
                 else:
                     errors[status] += 1
 
@@ -168,7 +189,7 @@ async def run_point(
         await asyncio.gather(*(worker(c) for c in clients))
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
-    return duration, latencies, errors
+    return duration, latencies, errors, server
 
 
 async def sweep(
@@ -191,8 +212,10 @@ async def sweep(
         return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout, verify=tls)
 
     for c in concurrencies:
-        seconds, latencies, errors = await run_point(make_client, request, c, duration, warmup)
-        point = summarise(contender, endpoint, model, c, seconds, latencies, errors)
+        seconds, latencies, errors, server = await run_point(
+            make_client, request, c, duration, warmup
+        )
+        point = summarise(contender, endpoint, model, c, seconds, latencies, errors, 1, server)
         point.load_avg_1m = round(os.getloadavg()[0], 2)
         results.append(point)
     return results
@@ -208,6 +231,7 @@ COLUMNS = (
     "p50_ms",
     "p95_ms",
     "p99_ms",
+    "server_p50_ms",
     "errors",
 )
 

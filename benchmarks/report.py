@@ -102,6 +102,8 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             floor_note = (
                 f"; HTTP floor {floor['p50_ms']:.2f} ms" if floor and floor["p50_ms"] else ""
             )
+            if single.get("server_p50_ms") is not None:
+                floor_note += f"; inside the server {single['server_p50_ms']:.2f} ms"
             out.append({
                 "target": f"{label} c=1: p50 within {SINGLE_SLACK_MS:.0f} ms of in-process",
                 "value": f"{gap:+.2f} ms ({single['p50_ms']:.2f} ms {single['contender']} vs "
@@ -163,9 +165,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
             lines.append("")
         lines.append(
-            "| c | contender | req/s | items/s | % of ceiling | p50 ms | p95 ms | p99 ms | errors | load |"
+            "| c | contender | req/s | items/s | % of ceiling | p50 ms | p95 ms | p99 ms "
+            "| server p50 ms | errors | load |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         points = [p for p in report["points"] if p["endpoint"] == endpoint and p["model"] == model]
         for p in sorted(
             points,
@@ -175,7 +178,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             errors = ", ".join(f"{k}: {v}" for k, v in p["errors"].items()) or "0"
             name = f"**{p['contender']}**" if p["contender"].startswith("ours") else p["contender"]
             cells = [p["concurrency"], name, p["requests_per_s"], p["items_per_s"], share,
-                     p["p50_ms"], p["p95_ms"], p["p99_ms"], errors, p.get("load_avg_1m")]  # fmt: skip
+                     p["p50_ms"], p["p95_ms"], p["p99_ms"], p.get("server_p50_ms"), errors,
+                     p.get("load_avg_1m")]  # fmt: skip
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         lines.append("")
     if report.get("targets"):

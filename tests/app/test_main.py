@@ -134,6 +134,15 @@ def test_api_key(model_dir: Path) -> None:
         assert c.get("/readyz", headers={"X-API-Key": key}).status_code in (200, 503)
 
 
+def test_server_timing_reports_the_apps_own_time(client: TestClient) -> None:
+    # Server-Timing: app;dur=<ms> on every answer, errors included, so a client can split a
+    # latency into its own, the network's and the server's share.
+    for r in (client.get("/healthz"), client.post("/classify", files=IMAGE), client.get("/nope")):
+        value = r.headers["server-timing"]
+        assert value.startswith("app;dur=")
+        assert 0 <= float(value.removeprefix("app;dur=")) < 60_000
+
+
 def test_request_id_is_echoed_or_made_and_logged(client: TestClient) -> None:
     records: list[logging.LogRecord] = []
     handler = logging.Handler()

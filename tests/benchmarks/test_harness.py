@@ -54,8 +54,18 @@ def test_summarise_percentiles_and_rates() -> None:
     assert (p.requests, p.requests_per_s, p.items_per_s) == (100, 50.0, 50.0)
     assert p.p50_ms == pytest.approx(50.5) and p.p99_ms == pytest.approx(99.01)
     assert p.errors == {"503": 3}
+    assert p.server_p50_ms is None  # no Server-Timing seen
     empty = loadgen.summarise("ours", "classify", "m", 1, 1.0, [], Counter())
     assert empty.p50_ms is None and empty.requests_per_s == 0
+    timed = loadgen.summarise("ours", "decode", "m", 1, 1.0, [0.004] * 3, Counter(), 1, [1, 2, 9])
+    assert timed.server_p50_ms == 2
+
+
+def test_server_timing_header_is_parsed() -> None:
+    assert loadgen.server_ms(httpx.Headers({"server-timing": "app;dur=12.5"})) == 12.5
+    assert loadgen.server_ms(httpx.Headers({"server-timing": "db;dur=3, app;dur=0.25"})) == 0.25
+    assert loadgen.server_ms(httpx.Headers({"server-timing": "db;dur=3"})) is None
+    assert loadgen.server_ms(httpx.Headers()) is None
 
 
 def test_run_point_counts_successes_and_errors_separately() -> None:
@@ -73,7 +83,7 @@ def test_run_point_counts_successes_and_errors_separately() -> None:
         made.append(httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t"))
         return made[-1]
 
-    async def go() -> tuple[float, list[float], Counter[str]]:
+    async def go() -> tuple[float, list[float], Counter[str], list[float]]:
         request = loadgen.make_requester(
             "litserve", "classify", "m", generated(1, (8, 8), "RGB", "PNG")
         )
@@ -81,8 +91,9 @@ def test_run_point_counts_successes_and_errors_separately() -> None:
             make_client, request, concurrency=3, duration=0.4, warmup=0.05
         )
 
-    _, latencies, errors = asyncio.run(go())
+    _, latencies, errors, server = asyncio.run(go())
     assert latencies and set(errors) == {"503"}
+    assert server == []  # this app sends no Server-Timing
     assert len(made) == 3 and all(c.is_closed for c in made)  # one client per worker, closed
     # Every third answer failed; the window cuts the sequence anywhere, so allow one either way.
     assert abs(len(latencies) - 2 * errors["503"]) <= 3
@@ -104,7 +115,7 @@ def test_load_generator_requests_work_verbatim_against_our_app(
     )
     request = loadgen.make_requester("ours", endpoint, model, corpus, latent_rows(4, LATENT))
 
-    async def go() -> tuple[list[float], Counter[str]]:
+    async def go() -> tuple[list[float], Counter[str], list[float]]:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -112,17 +123,20 @@ def test_load_generator_requests_work_verbatim_against_our_app(
                     if (await client.get("/readyz")).status_code == 200:
                         break
                     await asyncio.sleep(0.01)
-                _, latencies, errors = await loadgen.run_point(
+                _, latencies, errors, server = await loadgen.run_point(
                     lambda: httpx.AsyncClient(transport=transport, base_url="http://t"),
                     request,
                     2,
                     0.5,
                     0.0,
                 )
-                return latencies, errors
+                return latencies, errors, server
 
-    latencies, errors = asyncio.run(go())
+    latencies, errors, server = asyncio.run(go())
     assert latencies and not errors
+    # Our app reports its own time on every answer, never more than the client waited.
+    assert len(server) == len(latencies)
+    assert all(0 < s <= 1000 * t for s, t in zip(sorted(server), sorted(latencies), strict=True))
 
 
 def test_inprocess_ceiling_reports_throughput_and_single_latency(model_dir: Path) -> None:
