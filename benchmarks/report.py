@@ -137,7 +137,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Each point: {cfg['warmup_s']} s warm-up, then {cfg['duration_s']} s measured, closed-loop clients "
         f"(async httpx, one process, on the same machine). Batching: max batch {cfg['max_batch_size']}, "
-        f"batch timeout {cfg['batch_timeout_ms']} ms for ours and LitServe alike.",
+        f"batch timeout {cfg['batch_timeout_ms']} ms for ours and LitServe alike."
+        + (
+            f" Every server was swept {cfg['rounds']} times, the contenders' order reversed every "
+            "other round; each row is the round with the median req/s, the range of all rounds "
+            "in brackets."
+            if cfg.get("rounds", 1) > 1
+            else ""
+        ),
         "",
         f"- ours: {cfg['ours']}",
         f"- LitServe: {cfg['litserve']}; worker counts tried: {cfg['litserve_workers']}",
@@ -177,7 +184,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             share = f"{p['items_per_s'] / ceil['items_per_s']:.0%}" if ceil else "-"
             errors = ", ".join(f"{k}: {v}" for k, v in p["errors"].items()) or "0"
             name = f"**{p['contender']}**" if p["contender"].startswith("ours") else p["contender"]
-            cells = [p["concurrency"], name, p["requests_per_s"], p["items_per_s"], share,
+            rate = _cell(p["requests_per_s"])
+            if p.get("rounds_requests_per_s"):
+                spread = p["rounds_requests_per_s"]
+                rate += f" ({_cell(min(spread))}-{_cell(max(spread))})"
+            cells = [p["concurrency"], name, rate, p["items_per_s"], share,
                      p["p50_ms"], p["p95_ms"], p["p99_ms"], p.get("server_p50_ms"), errors,
                      p.get("load_avg_1m")]  # fmt: skip
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")

@@ -245,6 +245,45 @@ def sweep_server(
     return points + [asdict(p) for p in floor]
 
 
+def contenders(args: argparse.Namespace) -> list[tuple[str, str, int, int | None]]:
+    """(flavour, name, workers, threads) of every server configuration asked for, in order."""
+    out: list[tuple[str, str, int, int | None]] = []
+    if "ours" in args.contenders:
+        configs = [(1, None), *((w, None) for w in args.ours_workers if w != 1),
+                   *((1, t) for t in args.ours_threads)]  # fmt: skip
+        for workers, threads in configs:
+            name = "ours" if workers == 1 else f"ours-w{workers}"
+            out.append(
+                ("ours", name + ("" if threads is None else f"-t{threads}"), workers, threads)
+            )
+    if "litserve" in args.contenders:
+        out += [("litserve", f"litserve-w{w}", w, None) for w in args.litserve_workers]
+    return out
+
+
+def median_of_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One point per (contender, endpoint, model, concurrency): the round with the median
+    requests/s (the lower middle one for an even count), whole, so its latencies belong to its
+    throughput; every round's requests/s is kept beside it in `rounds_requests_per_s`."""
+    if len(rounds) == 1:
+        return rounds[0]
+    by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for points in rounds:
+        for p in points:
+            key = (p["contender"], p["endpoint"], p["model"], p["concurrency"])
+            by_key.setdefault(key, []).append(p)
+    merged = []
+    for same in by_key.values():
+        ranked = sorted(same, key=lambda p: p["requests_per_s"])
+        merged.append(
+            {
+                **ranked[(len(ranked) - 1) // 2],
+                "rounds_requests_per_s": [p["requests_per_s"] for p in same],
+            }
+        )
+    return merged
+
+
 def ceiling(model_dir: Path, endpoint: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """The in-process ceiling, in a fresh interpreter so no server state or threads interfere."""
     out = tmp / f"ceiling-{model_dir.name}-{endpoint}.json"
@@ -274,6 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_batch_size": args.max_batch_size,
             "batch_timeout_ms": args.batch_timeout_ms,
             "litserve_workers": args.litserve_workers,
+            "rounds": args.rounds,
             "litserve": "LitServer(accelerator='cpu', workers_per_device=W, fast_queue=True, "
             "num_api_servers=default (=W)); each worker torch.set_num_threads(cores // W); "
             "LitAPI(max_batch_size, batch_timeout) equal to ours",
@@ -302,31 +342,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if not endpoints:
                 continue
             print(f"\n== {group}: {model} ({', '.join(endpoints)})", flush=True)
-            if "ours" in args.contenders:
-                configs = [(1, None), *((w, None) for w in args.ours_workers if w != 1),
-                           *((1, t) for t in args.ours_threads)]  # fmt: skip
-                for workers, threads in configs:
-                    name = "ours" if workers == 1 else f"ours-w{workers}"
-                    name += "" if threads is None else f"-t{threads}"
-                    log = tmp / f"{name}-{group}.log"
-                    with serve_ours(
-                        group_dir, model, args.max_batch_size, args.batch_timeout_ms, log,
-                        threads, workers, args.device,
-                    ) as (url, _):  # fmt: skip
-                        report["points"] += sweep_server(
-                            name, "ours", url, model, endpoints, inputs, args
-                        )
-            if "litserve" in args.contenders:
-                for workers in args.litserve_workers:
-                    log = tmp / f"litserve-{group}-{workers}.log"
-                    with serve_litserve(
-                        group_dir / model, workers, args.max_batch_size, args.batch_timeout_ms,
-                        log, args.device,
-                    ) as (url, _):  # fmt: skip
-                        name = f"litserve-w{workers}"
-                        report["points"] += sweep_server(
-                            name, "litserve", url, model, endpoints, inputs, args
-                        )
+            rounds: list[list[dict[str, Any]]] = []
+            for r in range(args.rounds):
+                # Odd rounds run the contenders in reverse order, so a machine that drifts
+                # faster or slower during the group does not favour whoever runs first.
+                servers = contenders(args)
+                points: list[dict[str, Any]] = []
+                for flavour, name, workers, threads in servers if r % 2 == 0 else servers[::-1]:
+                    log = tmp / f"{name}-{group}-{r}.log"
+                    if flavour == "ours":
+                        served = serve_ours(
+                            group_dir, model, args.max_batch_size, args.batch_timeout_ms, log,
+                            threads, workers, args.device,
+                        )  # fmt: skip
+                    else:
+                        served = serve_litserve(
+                            group_dir / model, workers, args.max_batch_size,
+                            args.batch_timeout_ms, log, args.device,
+                        )  # fmt: skip
+                    with served as (url, _):
+                        points += sweep_server(name, flavour, url, model, endpoints, inputs, args)
+                rounds.append(points)
+            report["points"] += median_of_rounds(rounds)
             if "inprocess" in args.contenders:
                 for endpoint in endpoints:
                     result = ceiling(group_dir / model, endpoint, args, tmp)
@@ -346,6 +383,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--quick", action="store_true", help="short points (c=1,16; 2 s) to check the harness"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="sweep every server this many times, alternating the order of the contenders, and "
+        "report each point's median round (default 1)",
     )
     parser.add_argument(
         "--ours-threads",

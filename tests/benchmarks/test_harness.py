@@ -305,6 +305,51 @@ def test_markdown_report_has_every_point_and_target() -> None:
     assert "c=1: p50 within 2 ms of in-process | +4.80 ms" in md and "**no**" in md
 
 
+def test_rounds_keep_each_points_median_round_whole() -> None:
+    from benchmarks.run import median_of_rounds
+
+    rounds = [
+        [_point("ours", "classify", "m", 16, 150, 100, 150), _point("lit", "classify", "m", 16, 90, 9, 9)],
+        [_point("ours", "classify", "m", 16, 210, 70, 110), _point("lit", "classify", "m", 16, 140, 8, 8)],
+        [_point("ours", "classify", "m", 16, 180, 80, 120), _point("lit", "classify", "m", 16, 120, 7, 7)],
+    ]  # fmt: skip
+    merged = {p["contender"]: p for p in median_of_rounds(rounds)}
+    # The median round's throughput with that same round's latencies, never a mix.
+    assert (merged["ours"]["requests_per_s"], merged["ours"]["p99_ms"]) == (180, 120)
+    assert merged["ours"]["rounds_requests_per_s"] == [150, 210, 180]
+    assert (merged["lit"]["requests_per_s"], merged["lit"]["p50_ms"]) == (120, 7)
+    # Two rounds: the lower one (a tie goes against the contender, not for it).
+    two = {p["contender"]: p for p in median_of_rounds(rounds[:2])}
+    assert two["ours"]["requests_per_s"] == 150
+    assert median_of_rounds(rounds[:1]) == rounds[0]  # one round: as measured
+
+
+def test_contenders_alternate_and_cover_every_configuration() -> None:
+    from benchmarks.run import contenders, parse_args
+
+    args = parse_args(["--ours-workers", "1", "2", "--litserve-workers", "1", "2"])
+    names = [name for _, name, _, _ in contenders(args)]
+    assert names == ["ours", "ours-w2", "litserve-w1", "litserve-w2"]
+    assert parse_args([]).rounds == 1
+
+
+def test_markdown_shows_the_range_of_rounds() -> None:
+    point = {
+        **_point("ours", "decode", "v", 1, 200, 5, 9),
+        "rounds_requests_per_s": [150, 200, 260],
+    }
+    report: dict[str, Any] = {
+        "date": "d", "command": "c", "inputs": {}, "models": {}, "ceiling": [], "points": [point],
+        "machine": {"cpu": "cpu", "cores": 2, "cores_usable": 2, "memory_gb": 1, "platform": "p",
+                    "python": "3", "torch": "2", "torch_threads_default": 2, "litserve": "0",
+                    "commit": "abc", "load_avg_at_start": [0, 0, 0]},
+        "config": {"warmup_s": 1, "duration_s": 2, "max_batch_size": 32, "batch_timeout_ms": 2,
+                   "ours": "o", "litserve": "l", "litserve_workers": [1], "ceiling": "c", "rounds": 3},
+    }  # fmt: skip
+    md = render_markdown(report)
+    assert "| 1 | **ours** | 200 (150-260) |" in md and "swept 3 times" in md
+
+
 def test_profile_summary_counts_self_and_inclusive_samples() -> None:
     from benchmarks.profile import summarise
 
