@@ -168,7 +168,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"In-process ceiling: **{ceil['items_per_s']:.1f} items/s** at batch {ceil['batch_size']} "
                 f"({ceil['threads']} threads), single item p50 **{ceil['single_p50_ms']:.2f} ms** "
-                f"({ceil.get('single_threads', ceil['threads'])} threads)."
+                f"({ceil.get('single_threads', ceil['threads'])} threads)"
+                + (
+                    f"; after {ceil['idle_ms']:g} ms of idle, as a server's forward follows a "
+                    f"pause at c=1: {ceil['single_after_idle_p50_ms']:.2f} ms."
+                    if ceil.get("single_after_idle_p50_ms") is not None
+                    else "."
+                )
             )
             lines.append("")
         lines.append(

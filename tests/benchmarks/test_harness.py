@@ -147,6 +147,15 @@ def test_inprocess_ceiling_reports_throughput_and_single_latency(model_dir: Path
     assert result["items"] >= 4 and result["items"] % 4 == 0
     assert result["items_per_s"] > 0 and result["single_p50_ms"] > 0 and result["single_n"] >= 1
     assert result["model"] == "alexnet-cifar10"
+    assert result["single_after_idle_p50_ms"] > 0 and result["idle_ms"] == 5
+
+
+def test_timed_loop_idles_outside_the_timed_calls() -> None:
+    from benchmarks.inprocess import timed_loop
+
+    items, elapsed, times = timed_loop(lambda i, b: b, 2, duration=0.05, idle=0.01)
+    assert items == 2 * len(times) and elapsed >= 0.01 * len(times)  # it slept before each call
+    assert max(times) < 0.005  # ... and the sleep is not in the call's time
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
