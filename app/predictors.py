@@ -71,8 +71,9 @@ class Predictor(ABC):
         }
         return fns[op]
 
-    def _to_device(self, items: list[Tensor]) -> Tensor:
-        """Stack CPU items into one batch and move it once (pinned, async on CUDA).
+    def _model_batch(self, items: list[Tensor]) -> Tensor:
+        """CPU items -> one batch in model space on the device: stacked, moved once (pinned,
+        async on CUDA), uint8 pixels normalised.
 
         Decoded images arrive as uint8 pixels and are normalised here, once per batch and after
         the copy (a quarter of the bytes to move); float items (JSON pixels, latents) are
@@ -105,7 +106,7 @@ class Predictor(ABC):
 
     def decode_image(self, im: Image.Image) -> Tensor:
         """An opened upload (`app.images.open_image`) -> the (C, H, W) uint8 pixels the card's
-        input spec asks for; `_to_device` normalises them with the rest of the batch."""
+        input spec asks for; `_model_batch` normalises them with the rest of the batch."""
         return decode_opened(im, self.card.input)
 
     def info(self, default: bool) -> schemas.ModelInfo:
@@ -145,7 +146,7 @@ class ClassifierPredictor(Predictor):
 
     @torch.inference_mode()
     def predict_classify(self, items: list[Tensor]) -> list[Tensor]:
-        x = self._to_device(items).contiguous(memory_format=torch.channels_last)  # (B, C, H, W)
+        x = self._model_batch(items).contiguous(memory_format=torch.channels_last)  # (B, C, H, W)
         probs = torch.softmax(self.model(x).float(), dim=1).cpu()  # (B, N), one sync per batch
         return list(probs.unbind(0))
 
@@ -188,7 +189,7 @@ class VAEPredictor(Predictor):
 
     @torch.inference_mode()
     def predict_encode(self, items: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
-        x = self._to_device(items)  # (B, 1, H, W) in the model's [0, 1] space
+        x = self._model_batch(items)  # (B, 1, H, W) in the model's [0, 1] space
         # (B, Z) each
         mean, log_var = self.model.encode(x)  # type: ignore[operator]
         mean, log_var = mean.float().cpu(), log_var.float().cpu()
@@ -196,7 +197,7 @@ class VAEPredictor(Predictor):
 
     @torch.inference_mode()
     def predict_decode(self, items: list[Tensor]) -> list[Tensor]:
-        z = self._to_device(items)  # (B, Z)
+        z = self._model_batch(items)  # (B, Z)
         # (B, D) decoder means, one device-to-host copy per batch
         images = self.model.decode(z).float().flatten(1).cpu()  # type: ignore[operator]
         return list(images.unbind(0))

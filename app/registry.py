@@ -57,8 +57,8 @@ def _init_inference_thread(threads: int) -> None:
     torch.set_num_threads also sets the calling thread's OpenMP team size, and each thread
     starts from the OpenMP default (every core), not from the main thread's setting. oneDNN
     and MKL read the thread's own value, so without this an inference thread of a worker set
-    to 1 thread still forks a team of all cores per convolution, and that team's spinning
-    threads take a core from the other workers between batches.
+    to 1 thread still forks a team of all cores per matmul or convolution, and that team's
+    spin-waiting threads take a core from the other workers between batches.
     """
     torch.set_num_threads(threads)
 
