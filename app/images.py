@@ -52,7 +52,7 @@ class ImageTooLargeError(ImageError):
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open `data` lazily, check format and declared size, select the first frame."""
+    """Open `data` lazily (the header only), check format and declared size."""
     if not data:
         raise EmptyImageError("empty image file")
     try:
@@ -72,8 +72,6 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
         )
-    if getattr(im, "n_frames", 1) > 1:
-        im.seek(0)  # animated or multi-page: the first frame is the image
     return im
 
 
@@ -153,6 +151,10 @@ def decode_opened(im: Image.Image, spec: InputSpec) -> torch.Tensor:
     Raises `ImageError` (a subclass per fault) for data that does not decode.
     """
     try:
+        # Animated or multi-page: the first frame is the image. Here, not in open_image:
+        # counting frames can read the whole file, which the route must not do on the event loop.
+        if getattr(im, "n_frames", 1) > 1:
+            im.seek(0)
         if im.format == "JPEG":
             im.draft("L" if spec.channels == 1 else "RGB", _draft_size(im, spec))
         im.load()
