@@ -115,13 +115,13 @@ def summarise(
     latencies_s: list[float],
     errors: Counter[str],
     items_per_request: int = 1,
-    server_ms: list[float] | None = None,
+    server_times_ms: list[float] | None = None,
 ) -> PointResult:
     """Throughput and latency percentiles of one measured window."""
     ok = len(latencies_s)
     lat = np.asarray(latencies_s) * 1000.0
     pct = [round(float(v), 3) for v in np.percentile(lat, [50, 95, 99])] if ok else [None] * 3
-    server_p50 = round(float(np.median(server_ms)), 3) if server_ms else None
+    server_p50 = round(float(np.median(server_times_ms)), 3) if server_times_ms else None
     return PointResult(
         contender=contender,
         endpoint=endpoint,
@@ -215,7 +215,9 @@ async def sweep(
         seconds, latencies, errors, server = await run_point(
             make_client, request, c, duration, warmup
         )
-        point = summarise(contender, endpoint, model, c, seconds, latencies, errors, 1, server)
+        point = summarise(
+            contender, endpoint, model, c, seconds, latencies, errors, server_times_ms=server
+        )
         point.load_avg_1m = round(os.getloadavg()[0], 2)
         results.append(point)
     return results

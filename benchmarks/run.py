@@ -343,10 +343,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             print(f"\n== {group}: {model} ({', '.join(endpoints)})", flush=True)
             rounds: list[list[dict[str, Any]]] = []
+            servers = contenders(args)
             for r in range(args.rounds):
                 # Odd rounds run the contenders in reverse order, so a machine that drifts
                 # faster or slower during the group does not favour whoever runs first.
-                servers = contenders(args)
                 points: list[dict[str, Any]] = []
                 for flavour, name, workers, threads in servers if r % 2 == 0 else servers[::-1]:
                     log = tmp / f"{name}-{group}-{r}.log"

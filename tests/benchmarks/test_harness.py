@@ -57,7 +57,9 @@ def test_summarise_percentiles_and_rates() -> None:
     assert p.server_p50_ms is None  # no Server-Timing seen
     empty = loadgen.summarise("ours", "classify", "m", 1, 1.0, [], Counter())
     assert empty.p50_ms is None and empty.requests_per_s == 0
-    timed = loadgen.summarise("ours", "decode", "m", 1, 1.0, [0.004] * 3, Counter(), 1, [1, 2, 9])
+    timed = loadgen.summarise(
+        "ours", "decode", "m", 1, 1.0, [0.004] * 3, Counter(), server_times_ms=[1, 2, 9]
+    )
     assert timed.server_p50_ms == 2
 
 
