@@ -11,7 +11,6 @@ Idle threads (waiting in select/epoll, locks, queue gets) are left out unless `-
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import shutil
 import subprocess
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
                    "--rate", str(args.rate), "--format", "raw", "--output", str(raw_path),
                    "--nonblocking"] + (["--idle"] if args.idle else [])  # fmt: skip
             spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            points = asyncio.run(
+            points = loadgen.run(
                 loadgen.sweep(
                     url,
                     "ours",

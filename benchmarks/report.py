@@ -114,6 +114,13 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+CLIENTS = {
+    "lean": "uvloop, requests built once, sent through benchmarks.transport "
+    "(one keep-alive connection per client, httptools parsing)",
+    "httpx": "httpx's default transport",
+}
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return "-"
@@ -136,7 +143,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"at end {m.get('load_avg_at_end')} (other work on the machine shows up here).",
         "",
         f"Each point: {cfg['warmup_s']} s warm-up, then {cfg['duration_s']} s measured, closed-loop clients "
-        f"(async httpx, one process, on the same machine). Batching: max batch {cfg['max_batch_size']}, "
+        f"(async httpx, {CLIENTS[cfg.get('transport', 'httpx')]}, one process, on the same machine). Batching: max batch {cfg['max_batch_size']}, "
         f"batch timeout {cfg['batch_timeout_ms']} ms for ours and LitServe alike."
         + (
             f" Every server was swept {cfg['rounds']} times, the contenders' order reversed every "

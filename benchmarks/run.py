@@ -16,7 +16,6 @@ benchmarks/results/latest.md, with the machine's description and the issue's tar
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -213,7 +212,7 @@ def sweep_server(
     for endpoint in endpoints:
         corpus = inputs.rgb if endpoint == "classify" else inputs.grey
         request = loadgen.make_requester(flavour, endpoint, model, corpus, inputs.latents)
-        results = asyncio.run(
+        results = loadgen.run(
             loadgen.sweep(
                 url,
                 contender,
@@ -223,13 +222,14 @@ def sweep_server(
                 args.concurrency,
                 args.duration,
                 args.warmup,
+                transport=args.transport,
             )
         )
         print(loadgen.format_table(results), flush=True)
         points += [asdict(p) for p in results]
     # The transport floor: a probe that does no model work, one client, same client code.
     probe = "/healthz" if flavour == "ours" else "/health"
-    floor = asyncio.run(
+    floor = loadgen.run(
         loadgen.sweep(
             url,
             contender,
@@ -239,6 +239,7 @@ def sweep_server(
             [1],
             args.duration,
             args.warmup,
+            transport=args.transport,
         )
     )
     print(loadgen.format_table(floor), flush=True)
@@ -314,6 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "batch_timeout_ms": args.batch_timeout_ms,
             "litserve_workers": args.litserve_workers,
             "rounds": args.rounds,
+            "transport": args.transport,
             "litserve": "LitServer(accelerator='cpu', workers_per_device=W, fast_queue=True, "
             "num_api_servers=default (=W)); each worker torch.set_num_threads(cores // W); "
             "LitAPI(max_batch_size, batch_timeout) equal to ours",
@@ -454,6 +456,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--device",
         default="cpu",
         help="cpu or cuda[:N]: all three contenders run their models there (default: cpu)",
+    )
+    parser.add_argument(
+        "--transport",
+        choices=loadgen.TRANSPORTS,
+        default="lean",
+        help="the load generator's wire: benchmarks.transport (default) or httpx's own",
     )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--models-root", type=Path, default=REPO / "runs" / "bench" / "models")

@@ -375,3 +375,29 @@ def test_profile_summary_counts_self_and_inclusive_samples() -> None:
     # Lines of one function are merged; a function counts once per stack even if it recurs.
     assert dict(self_top)["main (uvicorn/main.py)"] == 10
     assert dict(inclusive)["main (uvicorn/main.py)"] == 50
+
+
+def test_prebuilt_requests_carry_the_encoded_body_and_can_be_sent_again() -> None:
+    corpus = generated(2, (8, 8), "RGB", "PNG")
+    client = httpx.AsyncClient(base_url="http://t")
+    pool = loadgen.prebuild(client, loadgen.make_requester("ours", "classify", "m", corpus), n=3)
+    assert [str(r.url) for r in pool] == ["http://t/classify?model=m"] * 3
+    assert corpus[1] in pool[1].content and pool[1].headers["content-type"].startswith(
+        "multipart/form-data; boundary="
+    )
+    samples = loadgen.prebuild(client, loadgen.make_requester("ours", "sample", "v"), n=2)
+    assert [r.url.params["seed"] for r in samples] == ["0", "1"]
+
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.read())
+        return httpx.Response(200)
+
+    async def twice() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as sender:
+            for _ in range(2):
+                assert (await sender.send(pool[1])).status_code == 200
+
+    loadgen.run(twice())
+    assert seen == [pool[1].content] * 2
