@@ -121,6 +121,16 @@ CLIENTS = {
 }
 
 
+def _rounds(ceil: dict[str, Any], *figures: str) -> str:
+    """' (rounds: a-b items/s, c-d ms)' where the ceiling was measured in several rounds."""
+    spans = [
+        f"{_cell(min(v))}-{_cell(max(v))} {'items/s' if f == 'items_per_s' else 'ms'}"
+        for f in figures
+        if len(v := ceil.get(f"rounds_{f}", [])) > 1
+    ]
+    return f" (rounds: {', '.join(spans)})" if spans else ""
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return "-"
@@ -176,6 +186,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"In-process ceiling: **{ceil['items_per_s']:.1f} items/s** at batch {ceil['batch_size']} "
                 f"({ceil['threads']} threads), single item p50 **{ceil['single_p50_ms']:.2f} ms** "
                 f"({ceil.get('single_threads', ceil['threads'])} threads)"
+                + _rounds(ceil, "items_per_s", "single_p50_ms")
                 + (
                     f"; after {ceil['idle_ms']:g} ms of idle, as a server's forward follows a "
                     f"pause at c=1: {ceil['single_after_idle_p50_ms']:.2f} ms."

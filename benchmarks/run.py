@@ -5,6 +5,8 @@ For each model group (shipped small AlexNet, full-size 224x224 AlexNet, shipped 
    sweeps its endpoints with the load generator;
 2. does the same for LitServe (benchmarks/litserve_server.py) once per worker count asked for;
 3. measures the in-process ceiling (benchmarks/inprocess.py) in a subprocess.
+With --rounds N all three are repeated N times, in turn (the order reversed every other round),
+and every figure reported is the median round's, the range of the rounds beside it.
 Servers run in their own process group and are stopped (SIGTERM, then SIGKILL) after their
 sweep; every loop is bounded by the durations given. Writes benchmarks/results/<date>.json and
 benchmarks/results/latest.md, with the machine's description and the issue's targets checked.
@@ -285,6 +287,33 @@ def median_of_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]
     return merged
 
 
+CEILING_FIGURES = ("items_per_s", "single_p50_ms", "single_after_idle_p50_ms")
+
+
+def median_ceilings(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One ceiling per endpoint from its measurement in every round: each figure the median of
+    the rounds (the throughput and the single-item latencies are separate measurements, so each
+    takes its own), every round's value kept beside it in `rounds_<figure>`. For an even count
+    the tie goes against the servers: the higher throughput, the lower latency."""
+    if not rounds:
+        return []
+    merged = []
+    for same in zip(*rounds, strict=True):
+        # Whole fields (threads, batch size) from the round with the median throughput.
+        out = dict(sorted(same, key=lambda c: c["items_per_s"])[len(same) // 2])
+        for figure in CEILING_FIGURES:
+            values = [c[figure] for c in same if c.get(figure) is not None]
+            if values:
+                ranked = sorted(values)
+                out[figure] = ranked[
+                    len(values) // 2 if figure == "items_per_s" else (len(values) - 1) // 2
+                ]
+                if len(same) > 1:
+                    out[f"rounds_{figure}"] = values
+        merged.append(out)
+    return merged
+
+
 def ceiling(model_dir: Path, endpoint: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """The in-process ceiling, in a fresh interpreter so no server state or threads interfere."""
     out = tmp / f"ceiling-{model_dir.name}-{endpoint}.json"
@@ -325,7 +354,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "PROMETHEUS_MULTIPROC_DIR set, torch threads = cores // N each); ours-tN: one "
             f"process with MODELSERVE_TORCH_THREADS=N; worker counts tried: {args.ours_workers}",
             "ceiling": "benchmarks.inprocess: decode + preprocess + forward at batch = max_batch_size; "
-            "single-item latency at batch 1; each the best of 1 thread and all cores",
+            "single-item latency at batch 1; each the best of 1 thread and all cores; measured in "
+            "every round, in turn with the servers, each figure the median of the rounds",
         },
         "inputs": {
             "classify": inputs.rgb.source,
@@ -345,13 +375,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             print(f"\n== {group}: {model} ({', '.join(endpoints)})", flush=True)
             rounds: list[list[dict[str, Any]]] = []
-            servers = contenders(args)
+            ceilings: list[list[dict[str, Any]]] = []
+            servers: list[tuple[str, str, int, int | None]] = contenders(args)
+            if "inprocess" in args.contenders:  # the ceiling takes its turn in every round too
+                servers.append(("inprocess", "ceiling", 1, None))
             for r in range(args.rounds):
                 # Odd rounds run the contenders in reverse order, so a machine that drifts
                 # faster or slower during the group does not favour whoever runs first.
                 points: list[dict[str, Any]] = []
                 for flavour, name, workers, threads in servers if r % 2 == 0 else servers[::-1]:
                     log = tmp / f"{name}-{group}-{r}.log"
+                    if flavour == "inprocess":
+                        ceilings.append(
+                            [
+                                ceiling(group_dir / model, endpoint, args, tmp)
+                                for endpoint in endpoints
+                            ]
+                        )
+                        continue
                     if flavour == "ours":
                         served = serve_ours(
                             group_dir, model, args.max_batch_size, args.batch_timeout_ms, log,
@@ -366,12 +407,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         points += sweep_server(name, flavour, url, model, endpoints, inputs, args)
                 rounds.append(points)
             report["points"] += median_of_rounds(rounds)
-            if "inprocess" in args.contenders:
-                for endpoint in endpoints:
-                    result = ceiling(group_dir / model, endpoint, args, tmp)
-                    print(f"ceiling {endpoint} {model}: {result['items_per_s']} items/s, "
-                          f"single p50 {result['single_p50_ms']} ms", flush=True)  # fmt: skip
-                    report["ceiling"].append(result)
+            for result in median_ceilings(ceilings):
+                print(f"ceiling {result['endpoint']} {model}: {result['items_per_s']} items/s, "
+                      f"single p50 {result['single_p50_ms']} ms", flush=True)  # fmt: skip
+                report["ceiling"].append(result)
             if args.partial:  # a killed run keeps the groups it finished
                 args.partial.write_text(json.dumps(report, indent=2) + "\n")
     report["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -335,6 +335,31 @@ def test_rounds_keep_each_points_median_round_whole() -> None:
     assert median_of_rounds(rounds[:1]) == rounds[0]  # one round: as measured
 
 
+def test_ceiling_takes_each_figures_median_over_rounds() -> None:
+    from benchmarks.run import median_ceilings
+
+    def c(endpoint: str, rate: float, single: float, threads: int) -> dict[str, Any]:
+        return {"endpoint": endpoint, "items_per_s": rate, "single_p50_ms": single,
+                "single_after_idle_p50_ms": None, "threads": threads}  # fmt: skip
+
+    rounds = [
+        [c("encode", 300, 0.5, 1), c("decode", 900, 0.2, 1)],
+        [c("encode", 250, 0.4, 2), c("decode", 800, 0.1, 2)],
+        [c("encode", 280, 0.7, 1), c("decode", 990, 0.3, 2)],
+    ]
+    encode, decode = median_ceilings(rounds)
+    assert (encode["items_per_s"], encode["single_p50_ms"], encode["threads"]) == (280, 0.5, 1)
+    assert encode["rounds_items_per_s"] == [300, 250, 280]
+    assert encode["rounds_single_p50_ms"] == [0.5, 0.4, 0.7]
+    assert decode["endpoint"] == "decode" and decode["items_per_s"] == 900
+    assert "rounds_single_after_idle_p50_ms" not in decode  # not measured: left out
+    # Two rounds: the tie goes against the servers (higher ceiling rate, lower ceiling latency).
+    encode, _ = median_ceilings(rounds[:2])
+    assert (encode["items_per_s"], encode["single_p50_ms"]) == (300, 0.4)
+    assert median_ceilings([rounds[0]])[0]["items_per_s"] == 300
+    assert median_ceilings([]) == []
+
+
 def test_contenders_alternate_and_cover_every_configuration() -> None:
     from benchmarks.run import contenders, parse_args
 
