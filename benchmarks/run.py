@@ -384,7 +384,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 # faster or slower during the group does not favour whoever runs first.
                 points: list[dict[str, Any]] = []
                 for flavour, name, workers, threads in servers if r % 2 == 0 else servers[::-1]:
-                    log = tmp / f"{name}-{group}-{r}.log"
                     if flavour == "inprocess":
                         ceilings.append(
                             [
@@ -393,6 +392,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             ]
                         )
                         continue
+                    log = tmp / f"{name}-{group}-{r}.log"
                     if flavour == "ours":
                         served = serve_ours(
                             group_dir, model, args.max_batch_size, args.batch_timeout_ms, log,
