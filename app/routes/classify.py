@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import Response
 
 from app.deps import RegistryDep, SettingsDep
 from app.routes.uploads import ERRORS, decode_uploads, infer
@@ -34,7 +35,7 @@ async def classify(
     model: Annotated[
         str | None, Query(description="Classifier name (default: the configured one)")
     ] = None,
-) -> ClassifyResponse | ClassifyBatchResponse:
+) -> Response:
     """One `image` part answers `{model, predictions}`; several answer `{model, results}`
     with one `{predictions}` per part, in upload order."""
     predictor = registry.classifier(model)
@@ -46,6 +47,10 @@ async def classify(
     inputs = await decode_uploads(image, predictor, settings)
     probs = await infer(request, registry, predictor, "classify", inputs)
     results = [predictor.encode_response(p, k) for p in probs]
+    out: ClassifyResponse | ClassifyBatchResponse
     if len(results) == 1:
-        return ClassifyResponse(model=predictor.name, predictions=results[0].predictions)
-    return ClassifyBatchResponse(model=predictor.name, results=results)
+        out = ClassifyResponse(model=predictor.name, predictions=results[0].predictions)
+    else:
+        out = ClassifyBatchResponse(model=predictor.name, results=results)
+    # Serialised here, not validated again against response_model (that is for the docs).
+    return Response(out.model_dump_json(), media_type="application/json")

@@ -72,15 +72,30 @@ async def _disconnected(receive: Receive) -> None:
 async def infer(
     request: Request, registry: Registry, predictor: Predictor, op: str, items: list[Any]
 ) -> list[Any]:
-    """`registry.infer`, abandoned (its queue slots freed) if the client disconnects first."""
-    work = asyncio.ensure_future(registry.infer(predictor, op, items))
-    gone = asyncio.ensure_future(_disconnected(request.receive))
+    """`registry.infer`, abandoned (its queue slots freed) if the client disconnects first.
+
+    The request's own task awaits the result; a watcher task cancels it if the client goes.
+    (One task fewer than racing a second task against the watcher with asyncio.wait: at c=1
+    every scheduling step after the forward is on the latency.)
+    """
+    task = asyncio.current_task()
+    assert task is not None, "infer runs inside the request's task"
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(request.receive)
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        return await registry.infer(predictor, op, items)
+    except asyncio.CancelledError:
+        if not gone:
+            raise  # cancelled from outside (shutdown): not ours to absorb
+        task.uncancel()
     finally:
-        gone.cancel()
-    if work.done():
-        return work.result()
-    work.cancel()
+        watcher.cancel()
     request.app.state.metrics.rejected.labels("disconnected").inc()
     raise HTTPException(CLIENT_GONE, "client disconnected before the answer was ready")

@@ -91,7 +91,7 @@ async def encode(
     seed: Annotated[
         int | None, Query(ge=0, le=MAX_SEED, description="Seed of the draw (sample=true)")
     ] = None,
-) -> EncodeResponse:
+) -> Response:
     """Multipart `image` parts or a JSON `{"pixels": ...}` body; one result per image, in order."""
     predictor = registry.vae(model)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -116,7 +116,10 @@ async def encode(
     else:
         raise HTTPException(415, "send multipart/form-data with `image` parts, or application/json")
     outputs = await infer(request, registry, predictor, "encode", inputs)
-    return predictor.encode_response(outputs, sample, seed)
+    # Serialised here, not validated again against response_model (that is for the docs).
+    return Response(
+        predictor.encode_response(outputs, sample, seed).model_dump_json(), media_type=JSON
+    )
 
 
 async def _render(
