@@ -46,6 +46,16 @@ class DeadlineExceeded(Exception):
 
 
 @dataclass
+class Timed(Generic[Out]):
+    """A request's outputs and where its time went: `queued` seconds from submit to the start
+    of the first batch holding its items, `ran` from then to the end of the last one."""
+
+    outputs: list[Out]
+    queued: float
+    ran: float
+
+
+@dataclass
 class BatchStats:
     """What one batched call did; passed to the observer."""
 
@@ -83,7 +93,8 @@ class Batcher(Generic[In, Out]):
         self._executor = executor
         self._observer = observer
         self._on_queue = on_queue
-        self._queue: deque[tuple[In, asyncio.Future[Out]]] = deque()
+        # Each item's future answers (output, start, end) of the batch it ran in.
+        self._queue: deque[tuple[In, asyncio.Future[tuple[Out, float, float]]]] = deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._under_load = False
@@ -113,8 +124,12 @@ class Batcher(Generic[In, Out]):
     # --- submit ------------------------------------------------------------------------
     async def submit(self, items: Sequence[In], timeout: float | None = None) -> list[Out]:
         """Queue `items`, wait for all of them, return their outputs in order."""
+        return (await self.submit_timed(items, timeout)).outputs
+
+    async def submit_timed(self, items: Sequence[In], timeout: float | None = None) -> Timed[Out]:
+        """`submit`, also telling how long the items queued and ran."""
         if not items:
-            return []
+            return Timed([], 0.0, 0.0)
         if self._closed:
             raise Overloaded("the service is shutting down", retry_after=1)
         if len(self._queue) + len(items) > self.max_queue:
@@ -123,15 +138,22 @@ class Batcher(Generic[In, Out]):
                 retry_after=self._retry_after(),
             )
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in items]
+        futures: list[asyncio.Future[tuple[Out, float, float]]] = [
+            loop.create_future() for _ in items
+        ]
+        submitted = time.perf_counter()
         self._queue.extend(zip(items, futures, strict=True))
         self._queue_changed()
         self._arrived.set()
         try:
             async with asyncio.timeout(timeout):
                 if len(futures) == 1:  # the common case; gather would add a scheduling step
-                    return [await futures[0]]
-                return list(await asyncio.gather(*futures))
+                    done = [await futures[0]]
+                else:
+                    done = list(await asyncio.gather(*futures))
+            first = min(start for _, start, _ in done)
+            last = max(end for _, _, end in done)
+            return Timed([out for out, _, _ in done], first - submitted, last - first)
         except TimeoutError:
             raise DeadlineExceeded(f"inference did not finish within {timeout:g} s") from None
         finally:
@@ -171,8 +193,8 @@ class Batcher(Generic[In, Out]):
                 async with asyncio.timeout(remaining):
                     await self._arrived.wait()
 
-    def _take(self) -> list[tuple[In, asyncio.Future[Out]]]:
-        batch: list[tuple[In, asyncio.Future[Out]]] = []
+    def _take(self) -> list[tuple[In, asyncio.Future[tuple[Out, float, float]]]]:
+        batch: list[tuple[In, asyncio.Future[tuple[Out, float, float]]]] = []
         while self._queue and len(batch) < self.max_batch_size:
             item, fut = self._queue.popleft()
             if not fut.done():
@@ -207,11 +229,12 @@ class Batcher(Generic[In, Out]):
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(e)
-            else:
+            end = time.perf_counter()
+            if error is None:
                 for (_, fut), out in zip(batch, outputs, strict=True):
                     if not fut.done():
-                        fut.set_result(out)
-            seconds = time.perf_counter() - start
+                        fut.set_result((out, start, end))
+            seconds = end - start
             self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
             self._under_load = len(batch) > 1 or self._live() > 0
             if self._observer is not None:

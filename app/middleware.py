@@ -1,6 +1,7 @@
 """One pure-ASGI middleware: request id, upload limit, HTTP metrics, access log, last-resort 500,
-and a `Server-Timing: app;dur=<ms>` header (time in the app up to the response's first byte),
-so a client can tell its own and the network's share of a latency from the server's.
+and a `Server-Timing` header: `app;dur=<ms>` (time in the app up to the response's first byte),
+so a client can tell its own and the network's share of a latency from the server's, then
+the phases the request went through (`app.timing`: decode, queue, infer).
 
 Pure ASGI (not BaseHTTPMiddleware) so the body streams through untouched and can be counted:
 an upload over the limit is refused from its Content-Length before it is read, and a chunked
@@ -17,6 +18,7 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import timing
 from app.errors import error_response
 from app.logs import reset_request_id, set_request_id
 from app.metrics import Metrics
@@ -53,6 +55,7 @@ class ServingMiddleware:
         given = headers.get("x-request-id", "")
         request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
         token = set_request_id(request_id)
+        phases, phases_token = timing.open_request()
         start = time.perf_counter()
         status = 500
         started = False
@@ -63,11 +66,10 @@ class ServingMiddleware:
                 started = True
                 status = message["status"]
                 message.setdefault("headers", [])
-                timing = f"app;dur={(time.perf_counter() - start) * 1000:.2f}".encode()
                 message["headers"] = [
                     *message["headers"],
                     (b"x-request-id", request_id.encode()),
-                    (b"server-timing", timing),
+                    (b"server-timing", timing.header(time.perf_counter() - start, phases)),
                 ]
             await send(message)
 
@@ -120,6 +122,7 @@ class ServingMiddleware:
                     "duration_ms": round(seconds * 1000, 2),
                 },
             )
+            timing.close_request(phases_token)
             reset_request_id(token)
 
 

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from app import schemas
+from app import schemas, timing
 from app.batching import Batcher, BatchStats
+from app.images import register_formats
 from app.metrics import Metrics
 from app.predictors import ClassifierPredictor, Predictor, VAEPredictor
 from app.settings import Settings
@@ -101,6 +102,7 @@ class Registry:
     # --- loading (blocking; run in a thread) ------------------------------------------
     def load_all(self) -> None:
         """Load and warm every model directory; failures are recorded, not raised."""
+        register_formats()  # the image decoders too, not only the models
         s = self.settings
         loaded: dict[str, Predictor] = {}
         failed: dict[str, str] = {}
@@ -206,8 +208,12 @@ class Registry:
         return p
 
     async def infer(self, p: Predictor, op: str, items: list[Any]) -> list[Any]:
-        """Run `items` through the (model, op) batcher under the request deadline."""
-        return await self.batchers[p.name, op].submit(items, self.settings.request_timeout_s)
+        """Run `items` through the (model, op) batcher under the request deadline; the time
+        they queued and ran goes to the request's Server-Timing."""
+        done = await self.batchers[p.name, op].submit_timed(items, self.settings.request_timeout_s)
+        timing.record("queue", done.queued)
+        timing.record("infer", done.ran)
+        return done.outputs
 
     # --- views -------------------------------------------------------------------------
     def model_infos(self) -> list[schemas.ModelInfo]:

@@ -4,7 +4,8 @@ Each point runs `concurrency` closed-loop clients (send, wait for the answer, se
 warm-up and then a fixed measured window; only requests that complete inside the window count.
 It reports requests/s, images/s (items/s: images, latent rows or samples), p50/p95/p99 latency of
 the successful requests, the errors by status and, where the server sends `Server-Timing: app;dur=`
-(ours does), the p50 of the server's own share, as a table on stdout and as JSON.
+(ours does), the p50 of the server's own share (and, in the JSON, of each phase it reports:
+ours sends decode, queue, infer), as a table on stdout and as JSON.
 
 The client is kept cheap, since at concurrency 1 its own time is part of every latency: requests
 are built once (a pool of `POOL` bodies, encoded before the clock starts, sent round-robin), the
@@ -79,15 +80,22 @@ class PointResult:
     errors: dict[str, int] = field(default_factory=dict)
     load_avg_1m: float | None = None
     server_p50_ms: float | None = None  # from Server-Timing; None when the server sends none
+    # p50 of each further Server-Timing entry (ours: decode, queue, infer, png)
+    server_phases_p50_ms: dict[str, float] = field(default_factory=dict)
 
 
-SERVER_TIMING = re.compile(r"(?:^|,)\s*app;dur=([0-9.]+)")
+SERVER_TIMING = re.compile(r"(?:^|,)\s*([A-Za-z0-9_.-]+);(?:[^,]*;)?dur=([0-9.]+)")
+
+
+def server_timing(headers: httpx.Headers) -> dict[str, float]:
+    """`Server-Timing: app;dur=31.9, infer;dur=29.6` -> {"app": 31.9, "infer": 29.6} (ms); entries
+    without a duration are left out."""
+    return {m[1]: float(m[2]) for m in SERVER_TIMING.finditer(headers.get("server-timing", ""))}
 
 
 def server_ms(headers: httpx.Headers) -> float | None:
     """The server's own time (`Server-Timing: app;dur=<ms>`), or None if it sends none."""
-    m = SERVER_TIMING.search(headers.get("server-timing", ""))
-    return float(m.group(1)) if m else None
+    return server_timing(headers).get("app")
 
 
 def _mime(data: bytes) -> str:
@@ -138,13 +146,19 @@ def summarise(
     latencies_s: list[float],
     errors: Counter[str],
     items_per_request: int = 1,
-    server_times_ms: list[float] | None = None,
+    server_timings: list[dict[str, float]] | None = None,
 ) -> PointResult:
-    """Throughput and latency percentiles of one measured window."""
+    """Throughput and latency percentiles of one measured window; the p50 of each
+    Server-Timing entry the successful answers carried."""
     ok = len(latencies_s)
     lat = np.asarray(latencies_s) * 1000.0
     pct = [round(float(v), 3) for v in np.percentile(lat, [50, 95, 99])] if ok else [None] * 3
-    server_p50 = round(float(np.median(server_times_ms)), 3) if server_times_ms else None
+    by_name: dict[str, list[float]] = {}
+    for entries in server_timings or []:
+        for name, ms in entries.items():
+            by_name.setdefault(name, []).append(ms)
+    p50 = {name: round(float(np.median(v)), 3) for name, v in by_name.items()}
+    server_p50 = p50.pop("app", None)
     return PointResult(
         contender=contender,
         endpoint=endpoint,
@@ -160,6 +174,7 @@ def summarise(
         p99_ms=pct[2],
         errors=dict(errors),
         server_p50_ms=server_p50,
+        server_phases_p50_ms=p50,
     )
 
 
@@ -190,7 +205,7 @@ async def run_point(
     concurrency: int,
     duration: float,
     warmup: float,
-) -> tuple[float, list[float], Counter[str], list[float]]:
+) -> tuple[float, list[float], Counter[str], list[dict[str, float]]]:
     """Drive `concurrency` closed-loop clients; latencies, errors and server-side times (where
     the server reports them) of the measured window.
 
@@ -208,25 +223,25 @@ async def run_point(
     window = (start + warmup, start + warmup + duration)
     latencies: list[float] = []
     errors: Counter[str] = Counter()
-    server: list[float] = []
+    server: list[dict[str, float]] = []
     counter = iter(range(10**12))
 
     async def worker(client: httpx.AsyncClient) -> None:
         while loop.time() < window[1]:  # bounded: stops issuing once the window closes
             prepared = pool[next(counter) % len(pool)]
             t0 = time.perf_counter()
-            own: float | None = None
+            own: dict[str, float] = {}
             try:
                 response = await client.send(prepared)
                 status: str | None = None if response.is_success else str(response.status_code)
-                own = server_ms(response.headers)
+                own = server_timing(response.headers)
             except httpx.HTTPError as e:
                 status = type(e).__name__
             done = loop.time()
             if window[0] <= done <= window[1]:
                 if status is None:
                     latencies.append(time.perf_counter() - t0)
-                    if own is not None:
+                    if own:
                         server.append(own)
                 else:
                     errors[status] += 1
@@ -268,7 +283,7 @@ async def sweep(
             make_client, request, c, duration, warmup
         )
         point = summarise(
-            contender, endpoint, model, c, seconds, latencies, errors, server_times_ms=server
+            contender, endpoint, model, c, seconds, latencies, errors, server_timings=server
         )
         point.load_avg_1m = round(os.getloadavg()[0], 2)
         results.append(point)

@@ -104,6 +104,9 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             )
             if single.get("server_p50_ms") is not None:
                 floor_note += f"; inside the server {single['server_p50_ms']:.2f} ms"
+                phases = single.get("server_phases_p50_ms") or {}
+                if phases:
+                    floor_note += " (" + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()) + ")"
             out.append({
                 "target": f"{label} c=1: p50 within {SINGLE_SLACK_MS:.0f} ms of in-process",
                 "value": f"{gap:+.2f} ms ({single['p50_ms']:.2f} ms {single['contender']} vs "

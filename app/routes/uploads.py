@@ -4,6 +4,7 @@ leaving, and the documented error responses."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.types import Receive
 
+from app import timing
 from app.images import open_image
 from app.predictors import Predictor
 from app.registry import Registry
@@ -47,6 +49,7 @@ async def decode_uploads(
         raise HTTPException(
             413, f"{len(files)} images in one request; the limit is {settings.max_batch_images}"
         )
+    start = time.perf_counter()
     blobs = [await f.read() for f in files]
 
     async def decode(b: bytes) -> Any:
@@ -56,7 +59,9 @@ async def decode_uploads(
             return predictor.decode_image(im)
         return await run_in_threadpool(predictor.decode_image, im)
 
-    return list(await asyncio.gather(*(decode(b) for b in blobs)))
+    decoded = list(await asyncio.gather(*(decode(b) for b in blobs)))
+    timing.record("decode", time.perf_counter() - start)
+    return decoded
 
 
 # nginx's "client closed request": logged and counted, never seen by the client.

@@ -153,3 +153,18 @@ async def test_stopped_batcher_refuses_new_work() -> None:
     await b.stop()
     with pytest.raises(Overloaded, match="shutting down"):
         await b.submit([1])
+
+
+async def test_timed_submit_tells_queueing_from_running() -> None:
+    fn, _ = recording(delay=0.05)
+    b = Batcher(fn, max_batch_size=1, max_wait_s=0.0, max_queue=8)
+    b.start()
+    first = asyncio.create_task(b.submit_timed([1]))
+    await asyncio.sleep(0.01)
+    second = await b.submit_timed([2])  # waits for the first batch, then runs its own
+    alone = await first
+    await b.stop()
+    assert alone.outputs == [2] and second.outputs == [4]
+    assert alone.queued < 0.02 <= 0.04 <= alone.ran  # an idle batcher starts at once
+    assert second.queued >= 0.03  # the rest of the first batch
+    assert second.ran >= 0.04

@@ -57,10 +57,11 @@ def test_summarise_percentiles_and_rates() -> None:
     assert p.server_p50_ms is None  # no Server-Timing seen
     empty = loadgen.summarise("ours", "classify", "m", 1, 1.0, [], Counter())
     assert empty.p50_ms is None and empty.requests_per_s == 0
+    timings = [{"app": 1.0, "infer": 0.5}, {"app": 2.0, "infer": 1.5}, {"app": 9.0, "infer": 8.0}]
     timed = loadgen.summarise(
-        "ours", "decode", "m", 1, 1.0, [0.004] * 3, Counter(), server_times_ms=[1, 2, 9]
+        "ours", "decode", "m", 1, 1.0, [0.004] * 3, Counter(), server_timings=timings
     )
-    assert timed.server_p50_ms == 2
+    assert timed.server_p50_ms == 2 and timed.server_phases_p50_ms == {"infer": 1.5}
 
 
 def test_server_timing_header_is_parsed() -> None:
@@ -68,6 +69,10 @@ def test_server_timing_header_is_parsed() -> None:
     assert loadgen.server_ms(httpx.Headers({"server-timing": "db;dur=3, app;dur=0.25"})) == 0.25
     assert loadgen.server_ms(httpx.Headers({"server-timing": "db;dur=3"})) is None
     assert loadgen.server_ms(httpx.Headers()) is None
+    ours = httpx.Headers({"server-timing": "app;dur=31.90, decode;dur=1.10, infer;dur=29.62"})
+    assert loadgen.server_timing(ours) == {"app": 31.9, "decode": 1.1, "infer": 29.62}
+    described = httpx.Headers({"server-timing": 'cache;desc="Cache Read";dur=23.2, miss'})
+    assert loadgen.server_timing(described) == {"cache": 23.2}
 
 
 def test_run_point_counts_successes_and_errors_separately() -> None:
@@ -85,7 +90,7 @@ def test_run_point_counts_successes_and_errors_separately() -> None:
         made.append(httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t"))
         return made[-1]
 
-    async def go() -> tuple[float, list[float], Counter[str], list[float]]:
+    async def go() -> tuple[float, list[float], Counter[str], list[dict[str, float]]]:
         request = loadgen.make_requester(
             "litserve", "classify", "m", generated(1, (8, 8), "RGB", "PNG")
         )
@@ -117,7 +122,7 @@ def test_load_generator_requests_work_verbatim_against_our_app(
     )
     request = loadgen.make_requester("ours", endpoint, model, corpus, latent_rows(4, LATENT))
 
-    async def go() -> tuple[list[float], Counter[str], list[float]]:
+    async def go() -> tuple[list[float], Counter[str], list[dict[str, float]]]:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -136,9 +141,12 @@ def test_load_generator_requests_work_verbatim_against_our_app(
 
     latencies, errors, server = asyncio.run(go())
     assert latencies and not errors
-    # Our app reports its own time on every answer, never more than the client waited.
+    # Our app reports its own time on every answer, never more than the client waited, and
+    # the model's share of it.
     assert len(server) == len(latencies)
-    assert all(0 < s <= 1000 * t for s, t in zip(sorted(server), sorted(latencies), strict=True))
+    apps = sorted(t["app"] for t in server)
+    assert all(0 < s <= 1000 * t for s, t in zip(apps, sorted(latencies), strict=True))
+    assert all(0 < t["infer"] <= t["app"] for t in server)
 
 
 def test_inprocess_ceiling_reports_throughput_and_single_latency(model_dir: Path) -> None:
