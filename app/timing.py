@@ -5,8 +5,9 @@
 `app` is the whole time in the app up to the answer's first byte; the others are the phases a
 model request went through: `decode` (reading and decoding the uploads or JSON pixels),
 `queue` (waiting in the batcher for a batch to start), `infer` (the batched forward its items
-ran in, the whole batch's time) and, for PNG answers, `png` (encoding them). What `app` holds beyond them is the serving itself: routing, parsing, handing
-work to the inference thread and back, building the answer. Browsers' developer tools show
+ran in, the whole batch's time) and, for PNG answers, `png` (encoding them). What `app` holds
+beyond them is the serving itself: routing, parsing, handing work to the inference thread and
+back, building the answer. Browsers' developer tools show
 the header; a client can log it to tell the model's share of a latency from the server's.
 
 The middleware opens one list per request in a context variable, so code anywhere on the
@@ -15,6 +16,9 @@ request's task records into it without passing it along.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
 _phases: ContextVar[list[tuple[str, float]] | None] = ContextVar("phases", default=None)
@@ -35,6 +39,14 @@ def record(name: str, seconds: float) -> None:
     phases = _phases.get()
     if phases is not None:
         phases.append((name, seconds))
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Record the time the `with` block takes as phase `name` (when it completes)."""
+    start = time.perf_counter()
+    yield
+    record(name, time.perf_counter() - start)
 
 
 def header(app_seconds: float, phases: list[tuple[str, float]]) -> bytes:

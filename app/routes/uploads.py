@@ -4,7 +4,6 @@ leaving, and the documented error responses."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,8 +48,6 @@ async def decode_uploads(
         raise HTTPException(
             413, f"{len(files)} images in one request; the limit is {settings.max_batch_images}"
         )
-    start = time.perf_counter()
-    blobs = [await f.read() for f in files]
 
     async def decode(b: bytes) -> Any:
         im = open_image(b, settings.max_image_pixels)  # the header only: format, declared size
@@ -59,9 +56,9 @@ async def decode_uploads(
             return predictor.decode_image(im)
         return await run_in_threadpool(predictor.decode_image, im)
 
-    decoded = list(await asyncio.gather(*(decode(b) for b in blobs)))
-    timing.record("decode", time.perf_counter() - start)
-    return decoded
+    with timing.phase("decode"):
+        blobs = [await f.read() for f in files]
+        return list(await asyncio.gather(*(decode(b) for b in blobs)))
 
 
 # nginx's "client closed request": logged and counted, never seen by the client.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
@@ -110,9 +109,8 @@ async def encode(
             body = EncodeRequest.model_validate_json(await request.body())
         except ValidationError as e:
             raise _validation_error(e) from None
-        start = time.perf_counter()
-        inputs = await run_in_threadpool(predictor.decode_pixels, body.pixels)
-        timing.record("decode", time.perf_counter() - start)
+        with timing.phase("decode"):
+            inputs = await run_in_threadpool(predictor.decode_pixels, body.pixels)
         if len(inputs) > settings.max_batch_images:
             raise HTTPException(
                 413, f"{len(inputs)} images in one request; limit {settings.max_batch_images}"
@@ -142,9 +140,8 @@ async def _render(
     images = await infer(request, registry, predictor, "decode", zs)
     headers = {"X-Image-Count": str(len(images)), **headers}
     if media == PNG:
-        start = time.perf_counter()
-        png = await run_in_threadpool(predictor.images_png, images)
-        timing.record("png", time.perf_counter() - start)
+        with timing.phase("png"):
+            png = await run_in_threadpool(predictor.images_png, images)
         return Response(png, media_type=PNG, headers=headers)
     out = predictor.images_json(images)
     if extra is not None:  # /sample: the seed and the z's used
