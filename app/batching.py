@@ -31,6 +31,8 @@ from typing import Generic, TypeVar
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+# What an item's future answers: its output, and the start and end of the batch it ran in.
+_Ran = tuple[Out, float, float]
 
 
 class Overloaded(Exception):
@@ -93,8 +95,7 @@ class Batcher(Generic[In, Out]):
         self._executor = executor
         self._observer = observer
         self._on_queue = on_queue
-        # Each item's future answers (output, start, end) of the batch it ran in.
-        self._queue: deque[tuple[In, asyncio.Future[tuple[Out, float, float]]]] = deque()
+        self._queue: deque[tuple[In, asyncio.Future[_Ran[Out]]]] = deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._under_load = False
@@ -138,9 +139,7 @@ class Batcher(Generic[In, Out]):
                 retry_after=self._retry_after(),
             )
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[tuple[Out, float, float]]] = [
-            loop.create_future() for _ in items
-        ]
+        futures: list[asyncio.Future[_Ran[Out]]] = [loop.create_future() for _ in items]
         submitted = time.perf_counter()
         self._queue.extend(zip(items, futures, strict=True))
         self._queue_changed()
@@ -193,8 +192,8 @@ class Batcher(Generic[In, Out]):
                 async with asyncio.timeout(remaining):
                     await self._arrived.wait()
 
-    def _take(self) -> list[tuple[In, asyncio.Future[tuple[Out, float, float]]]]:
-        batch: list[tuple[In, asyncio.Future[tuple[Out, float, float]]]] = []
+    def _take(self) -> list[tuple[In, asyncio.Future[_Ran[Out]]]]:
+        batch: list[tuple[In, asyncio.Future[_Ran[Out]]]] = []
         while self._queue and len(batch) < self.max_batch_size:
             item, fut = self._queue.popleft()
             if not fut.done():

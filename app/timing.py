@@ -7,8 +7,8 @@ model request went through: `decode` (reading and decoding the uploads or JSON p
 `queue` (waiting in the batcher for a batch to start), `infer` (the batched forward its items
 ran in, the whole batch's time) and, for PNG answers, `png` (encoding them). What `app` holds
 beyond them is the serving itself: routing, parsing, handing work to the inference thread and
-back, building the answer. Browsers' developer tools show
-the header; a client can log it to tell the model's share of a latency from the server's.
+back, building the answer. Browsers' developer tools show the header; a client can log it to
+tell the model's share of a latency from the server's.
 
 The middleware opens one list per request in a context variable, so code anywhere on the
 request's task records into it without passing it along.

@@ -93,11 +93,6 @@ def server_timing(headers: httpx.Headers) -> dict[str, float]:
     return {m[1]: float(m[2]) for m in SERVER_TIMING.finditer(headers.get("server-timing", ""))}
 
 
-def server_ms(headers: httpx.Headers) -> float | None:
-    """The server's own time (`Server-Timing: app;dur=<ms>`), or None if it sends none."""
-    return server_timing(headers).get("app")
-
-
 def _mime(data: bytes) -> str:
     return "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
 
