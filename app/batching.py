@@ -2,8 +2,9 @@
 
 One `Batcher` per (model, operation). Requests put their items in a bounded queue and await one
 future per item; a worker task on the event loop takes up to `max_batch_size` items, runs the
-batched function in an executor thread (so HTTP keeps flowing while the model computes) and
-sets each future with its own output, so results go back in order.
+batched function in an executor thread (so HTTP keeps flowing while the model computes), and
+that thread hands the outputs back in one loop callback that sets each item's future with its
+own output, so results go back in order and the waiting requests resume first.
 
 When to wait for more items: a request arriving at an idle server runs at once (it waits for
 nothing). Waiting `max_wait_s` to fill a batch only pays when others are likely to arrive, so
@@ -101,6 +102,7 @@ class Batcher(Generic[In, Out]):
         self._under_load = False
         self._batch_seconds = 0.01  # running mean, for Retry-After
         self._closed = False
+        self._busy = False  # a batch is running or its outputs are not yet accounted for
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -111,7 +113,7 @@ class Batcher(Generic[In, Out]):
     async def stop(self) -> None:
         """Refuse new items, let queued ones finish, then stop the worker."""
         self._closed = True
-        while self._queue and self._worker is not None and not self._worker.done():
+        while (self._queue or self._busy) and self._worker is not None and not self._worker.done():
             await asyncio.sleep(0.01)
         if self._worker is not None:
             self._worker.cancel()
@@ -201,6 +203,59 @@ class Batcher(Generic[In, Out]):
         self._queue_changed()
         return batch
 
+    def _submit(self, loop: asyncio.AbstractEventLoop, work: Callable[[], None]) -> None:
+        if self._executor is None:
+            loop.run_in_executor(None, work)
+        else:
+            self._executor.submit(work)
+
+    def _runner(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[In, asyncio.Future[_Ran[Out]]]],
+        items: list[In],
+        ran: asyncio.Future[tuple[float, float, BaseException | None]],
+    ) -> Callable[[], None]:
+        """The executor thread's work for one batch: run `fn`, then hand the outputs back in
+        one loop callback that sets every item's future and then `ran`, so the waiting
+        requests resume before the worker does (with no executor future in between)."""
+
+        def work() -> None:
+            start = time.perf_counter()
+            outputs: list[Out] | None = None
+            error: BaseException | None = None
+            try:
+                outputs = self.fn(items)
+                if len(outputs) != len(items):
+                    raise RuntimeError(f"batch of {len(items)} returned {len(outputs)} outputs")
+            except Exception as e:  # the batch fails, the worker and other batches go on
+                error = e
+            end = time.perf_counter()
+            with contextlib.suppress(RuntimeError):  # the loop closed while the batch ran
+                loop.call_soon_threadsafe(self._deliver, batch, outputs, error, start, end, ran)
+
+        return work
+
+    @staticmethod
+    def _deliver(
+        batch: list[tuple[In, asyncio.Future[_Ran[Out]]]],
+        outputs: list[Out] | None,
+        error: BaseException | None,
+        start: float,
+        end: float,
+        ran: asyncio.Future[tuple[float, float, BaseException | None]],
+    ) -> None:
+        if outputs is not None:
+            for (_, fut), out in zip(batch, outputs, strict=True):
+                if not fut.done():
+                    fut.set_result((out, start, end))
+        else:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(error or RuntimeError("batch failed"))
+        if not ran.done():
+            ran.set_result((start, end, error))
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -213,28 +268,18 @@ class Batcher(Generic[In, Out]):
             if not batch:
                 continue
             items = [item for item, _ in batch]
-            start = time.perf_counter()
-            error: BaseException | None = None
+            ran: asyncio.Future[tuple[float, float, BaseException | None]] = loop.create_future()
+            self._busy = True
+            self._submit(loop, self._runner(loop, batch, items, ran))
             try:
-                outputs = await loop.run_in_executor(self._executor, self.fn, items)
-                if len(outputs) != len(items):
-                    raise RuntimeError(f"batch of {len(items)} returned {len(outputs)} outputs")
+                start, end, error = await ran
             except asyncio.CancelledError:
                 for _, fut in batch:
                     fut.cancel()
                 raise
-            except Exception as e:  # the batch fails, the worker and other batches go on
-                error = e
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-            end = time.perf_counter()
-            if error is None:
-                for (_, fut), out in zip(batch, outputs, strict=True):
-                    if not fut.done():
-                        fut.set_result((out, start, end))
             seconds = end - start
             self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
             self._under_load = len(batch) > 1 or self._live() > 0
             if self._observer is not None:
                 self._observer(BatchStats(len(batch), seconds, error))
+            self._busy = False

@@ -147,6 +147,27 @@ async def test_cancelled_request_is_dropped_before_it_runs() -> None:
     await b.stop()
 
 
+async def test_stop_lets_the_running_batch_finish_and_counts_it() -> None:
+    release = threading.Event()
+
+    def fn(items: list[int]) -> list[int]:
+        release.wait(5)
+        return items
+
+    stats: list[BatchStats] = []
+    b = Batcher(fn, max_batch_size=1, max_wait_s=0.0, max_queue=8, observer=stats.append)
+    b.start()
+    running = asyncio.create_task(b.submit([7]))
+    await asyncio.sleep(0.02)  # out of the queue, inside fn
+    stopping = asyncio.create_task(b.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()
+    release.set()
+    assert await running == [7]
+    await stopping
+    assert [s.size for s in stats] == [1]
+
+
 async def test_stopped_batcher_refuses_new_work() -> None:
     b: Batcher[int, int] = Batcher(lambda xs: xs, max_batch_size=1, max_wait_s=0.0, max_queue=1)
     b.start()
