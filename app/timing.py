@@ -3,7 +3,7 @@
     Server-Timing: app;dur=31.90, decode;dur=1.10, queue;dur=0.21, infer;dur=29.62
 
 `app` is the whole time in the app up to the answer's first byte; the others are the phases a
-model request went through: `decode` (reading and decoding the uploads or JSON pixels),
+model request went through: `decode` (decoding the uploaded images or JSON pixels),
 `queue` (waiting in the batcher for a batch to start), `infer` (the batched forward its items
 ran in, the whole batch's time) and, for PNG answers, `png` (encoding them). What `app` holds
 beyond them is the serving itself: routing, parsing, handing work to the inference thread and

@@ -10,7 +10,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from app import timing
 from app.deps import RegistryDep, SettingsDep
@@ -18,7 +17,7 @@ from app.errors import not_acceptable
 from app.negotiation import choose_media
 from app.predictors import VAEPredictor
 from app.registry import Registry
-from app.routes.uploads import ERRORS, decode_uploads, infer
+from app.routes.uploads import ERRORS, decode_uploads, image_parts_content, infer, read_image_parts
 from app.schemas import DecodeRequest, DecodeResponse, EncodeRequest, EncodeResponse, SampleResponse
 
 router = APIRouter(tags=["vae"])
@@ -35,20 +34,7 @@ ENCODE_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {
-                        "image": {
-                            "type": "array",
-                            "minItems": 1,
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "One or more images; converted as the card says",
-                        }
-                    },
-                }
-            },
+            **image_parts_content("One or more images; converted as the card says"),
             JSON: {"schema": EncodeRequest.model_json_schema()},
         },
     }
@@ -97,13 +83,8 @@ async def encode(
     predictor = registry.vae(model)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=settings.max_batch_images + 1)
-        files = [f for f in form.getlist("image") if isinstance(f, UploadFile)]
-        if not files:
-            raise RequestValidationError(
-                [{"type": "missing", "loc": ("body", "image"), "msg": "Field required"}]
-            )
-        inputs = await decode_uploads(files, predictor, settings)
+        blobs = await read_image_parts(request, settings)
+        inputs = await decode_uploads(blobs, predictor, settings)
     elif content_type == JSON:
         try:
             body = EncodeRequest.model_validate_json(await request.body())
