@@ -10,6 +10,7 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
+from app.logs import configure_logging
 from app.settings import Settings
 
 
@@ -36,12 +37,17 @@ def main() -> None:
     # signal so the default handler kills the process (status -15, 143 in Docker). A drained
     # shutdown is a clean exit: make that re-raise a no-op so we return and exit 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
+    # uvicorn's messages in our format (log_config=None: uvicorn installs no handlers of its
+    # own), and no second access line per request next to app.access's.
+    configure_logging(s.log_level, s.log_format)
     uvicorn.run(
         "app.main:app",
         host=s.host,
         port=s.port,
         workers=int(os.environ.get("WEB_CONCURRENCY", "1")),
         log_level=s.log_level.lower(),
+        log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=int(s.graceful_timeout_s),
     )
 

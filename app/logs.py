@@ -57,13 +57,21 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
 def configure_logging(level: str, fmt: str) -> None:
-    """Route the `app` logger to stderr in the chosen format (idempotent)."""
-    logger = logging.getLogger("app")
-    logger.setLevel(level)
-    logger.propagate = False
+    """Route the `app` logger, and uvicorn's own, to stderr in the chosen format (idempotent).
+
+    uvicorn's server messages (startup, shutdown, its errors) then come out in the same format
+    as ours, one JSON object per line included; their level stays what uvicorn's log level set.
+    uvicorn's access line too, where it is on: `python -m app` turns it off, since `app.access`
+    logs every request already, with its id and duration.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
-    for old in list(logger.handlers):
-        logger.removeHandler(old)
-    logger.addHandler(handler)
+    logging.getLogger("app").setLevel(level)
+    for name in ("app", "uvicorn"):  # uvicorn.error propagates to "uvicorn"
+        logger = logging.getLogger(name)
+        logger.propagate = False
+        logger.handlers = [handler]
+    access = logging.getLogger("uvicorn.access")
+    if access.handlers:  # uvicorn's own config gave it a handler; it empties them when off
+        access.handlers = [handler]

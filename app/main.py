@@ -98,5 +98,8 @@ def __getattr__(name: str) -> Any:
         built = create_app()
     except ValidationError as e:
         raise SystemExit(f"invalid MODELSERVE_* settings:\n{e}") from None
+    # Here too, not only at startup: every worker process imports this module, and uvicorn
+    # logs its first lines before the lifespan runs.
+    configure_logging(built.state.settings.log_level, built.state.settings.log_format)
     globals()["app"] = built
     return built

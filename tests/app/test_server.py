@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -200,3 +201,48 @@ def test_several_workers_share_one_metrics_view(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(prom))
     prepare_multiprocess_dir()
     assert not list(prom.glob("*.db"))
+
+
+def test_json_logs_are_one_object_per_line_with_one_access_line_per_request(
+    tmp_path: Path,
+) -> None:
+    """`python -m app` with MODELSERVE_LOG_FORMAT=json: uvicorn's own lines come out as JSON
+    too (a log shipper parses every line), and each request is logged once, by app.access."""
+    root = tmp_path / "models"
+    root.mkdir()
+    make_alexnet(root)
+    port = free_port()
+    env = os.environ | {
+        "MODELSERVE_MODEL_DIR": str(root),
+        "MODELSERVE_LOG_LEVEL": "INFO",
+        "MODELSERVE_LOG_FORMAT": "json",
+        "MODELSERVE_HOST": "127.0.0.1",
+        "MODELSERVE_PORT": str(port),
+    }
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, log.read_text()
+                try:
+                    if httpx.get(f"{url}/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "server never became ready"
+                time.sleep(0.2)
+            files = [("image", ("x.png", png_bytes(), "image/png"))]
+            assert httpx.post(f"{url}/classify", files=files).status_code == 200
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    records = [json.loads(line) for line in log.read_text().splitlines()]  # every line JSON
+    access = [r for r in records if r.get("path") == "/classify"]
+    assert [(r["logger"], r["status"]) for r in access] == [("app.access", 200)]
+    server = {r["message"] for r in records if r["logger"] == "uvicorn.error"}
+    assert {"Application startup complete.", "Application shutdown complete."} <= server
