@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -49,40 +50,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_server(
+    env: dict[str, str], out: int | IO[bytes] = subprocess.PIPE
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m app` on a free port with `env` added; returns once /readyz answers 200."""
+    port = free_port()
+    env = os.environ | env | {"MODELSERVE_HOST": "127.0.0.1", "MODELSERVE_PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else "exited"
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server never became ready"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     root = tmp_path_factory.mktemp("slow-models")
     slow_classifier(root)
-    port = free_port()
-    env = os.environ | {
-        "MODELSERVE_MODEL_DIR": str(root),
-        "MODELSERVE_TORCH_THREADS": "1",
-        "MODELSERVE_MAX_BATCH_SIZE": "16",
-        "MODELSERVE_LOG_LEVEL": "WARNING",
-        "MODELSERVE_HOST": "127.0.0.1",
-        "MODELSERVE_PORT": str(port),
-        "MODELSERVE_GRACEFUL_TIMEOUT_S": "30",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    proc, url = start_server(
+        {
+            "MODELSERVE_MODEL_DIR": str(root),
+            "MODELSERVE_TORCH_THREADS": "1",
+            "MODELSERVE_MAX_BATCH_SIZE": "16",
+            "MODELSERVE_LOG_LEVEL": "WARNING",
+            "MODELSERVE_GRACEFUL_TIMEOUT_S": "30",
+        }
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server never became ready"
-        time.sleep(0.2)
     yield proc, url
     if proc.poll() is None:
         proc.kill()
@@ -152,20 +156,13 @@ def test_several_workers_share_one_metrics_view(
     root.mkdir()
     make_alexnet(root)
     prom = tmp_path / "prom"  # does not exist yet: `python -m app` creates it
-    port = free_port()
-    env = os.environ | {
+    env = {
         "MODELSERVE_MODEL_DIR": str(root),
         "MODELSERVE_LOG_LEVEL": "WARNING",
-        "MODELSERVE_HOST": "127.0.0.1",
-        "MODELSERVE_PORT": str(port),
         "WEB_CONCURRENCY": "2",
         "PROMETHEUS_MULTIPROC_DIR": str(prom),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app"], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(env, subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         # both workers up: each writes its build-info gauge file, and fresh connections
@@ -211,31 +208,15 @@ def test_json_logs_are_one_object_per_line_with_one_access_line_per_request(
     root = tmp_path / "models"
     root.mkdir()
     make_alexnet(root)
-    port = free_port()
-    env = os.environ | {
+    env = {
         "MODELSERVE_MODEL_DIR": str(root),
         "MODELSERVE_LOG_LEVEL": "INFO",
         "MODELSERVE_LOG_FORMAT": "json",
-        "MODELSERVE_HOST": "127.0.0.1",
-        "MODELSERVE_PORT": str(port),
     }
-    url = f"http://127.0.0.1:{port}"
     log = tmp_path / "stderr.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=out
-        )
+        proc, url = start_server(env, out)
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                assert proc.poll() is None, log.read_text()
-                try:
-                    if httpx.get(f"{url}/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "server never became ready"
-                time.sleep(0.2)
             files = [("image", ("x.png", png_bytes(), "image/png"))]
             assert httpx.post(f"{url}/classify", files=files).status_code == 200
         finally:
