@@ -224,10 +224,13 @@ async def run_point(
     async def worker(client: httpx.AsyncClient) -> None:
         while loop.time() < window[1]:  # bounded: stops issuing once the window closes
             prepared = pool[next(counter) % len(pool)]
-            t0 = time.perf_counter()
             own: dict[str, float] = {}
+            t0 = time.perf_counter()
             try:
                 response = await client.send(prepared)
+                # the clock stops here: reading the answer's headers is not the server's time
+                # (LitServe's answers carry no Server-Timing, so parsing ours would tilt it)
+                latency = time.perf_counter() - t0
                 status: str | None = None if response.is_success else str(response.status_code)
                 own = server_timing(response.headers)
             except httpx.HTTPError as e:
@@ -235,7 +238,7 @@ async def run_point(
             done = loop.time()
             if window[0] <= done <= window[1]:
                 if status is None:
-                    latencies.append(time.perf_counter() - t0)
+                    latencies.append(latency)
                     if own:
                         server.append(own)
                 else:
