@@ -9,12 +9,14 @@ ours sends decode, queue, infer), as a table on stdout and as JSON.
 
 The client is kept cheap, since at concurrency 1 its own time is part of every latency: requests
 are built once (a pool of `POOL` bodies, encoded before the clock starts, sent round-robin), the
-loop is uvloop where installed (uvicorn[standard] brings it), and each httpx.AsyncClient sends
-through `benchmarks.transport.LeanTransport` (`--transport httpx` keeps httpx's own). Measured
-at c=1 against GET /healthz on the 2-core CPU box (the server's own share 0.15-0.2 ms), p50 end
-to end: 2.3 ms with the stock loop and transport (then also paying httpcore's per-request failed
+loop is uvloop where installed (uvicorn[standard] brings it), each client is an httpx.AsyncClient
+that skips cookie handling (`benchmarks.transport.CookielessClient`) and sends through
+`benchmarks.transport.LeanTransport` (`--transport httpx` keeps httpx's own). Measured at c=1
+against GET /healthz on the 2-core CPU box (the server's own share 0.15-0.2 ms), p50 end to
+end: 2.3 ms with the stock loop and transport (then also paying httpcore's per-request failed
 `import sniffio`, why sniffio is a dependency), 1.0-1.2 ms with uvloop and sniffio, 0.7 ms with
-the lean transport; a raw blocking socket client takes 0.4 ms.
+the lean transport, 0.63-0.65 ms without cookie handling; a raw blocking socket client takes
+0.4 ms.
 
     python -m benchmarks.loadgen http://127.0.0.1:8000 --flavour ours --endpoint classify \\
         --model alexnet-cifar10 --concurrency 1 4 16 64 --duration 10
@@ -39,7 +41,7 @@ import httpx
 import numpy as np
 
 from benchmarks.inputs import DEFAULT_DATA_DIR, Corpus, grey_corpus, latent_rows, rgb_corpus
-from benchmarks.transport import client_transport
+from benchmarks.transport import CookielessClient, client_transport
 
 FLAVOURS = ("ours", "litserve")
 TRANSPORTS = ("lean", "httpx")  # the client's wire: benchmarks.transport, or httpx's default
@@ -272,7 +274,7 @@ async def sweep(
 
     def make_client() -> httpx.AsyncClient:
         wire = client_transport(base_url) if transport == "lean" else None
-        return httpx.AsyncClient(
+        return CookielessClient(
             base_url=base_url, limits=limits, timeout=timeout, verify=tls, transport=wire
         )
 

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 
 from benchmarks import loadgen
 from benchmarks.inputs import generated
-from benchmarks.transport import LeanTransport, client_transport
+from benchmarks.transport import CookielessClient, LeanTransport, client_transport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -69,6 +69,29 @@ def test_posts_keep_one_connection_and_read_length_and_chunked_bodies() -> None:
     asyncio.run(with_server(handler, go))
     assert connections == [1]  # kept alive across all three
     assert bodies == [b"a" * 70_000, b"b", b'{"z":1}']
+
+
+def test_the_load_generators_client_keeps_no_cookies() -> None:
+    heads: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            head, _ = await read_request(reader)
+            heads.append(head)
+            writer.write(b"HTTP/1.1 200 OK\r\nset-cookie: session=abc; Path=/\r\n")
+            writer.write(b"content-length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def go(url: str) -> None:
+        async with CookielessClient(base_url=url, transport=LeanTransport()) as client:
+            for _ in range(2):
+                r = await client.get("/")
+                assert r.text == "ok" and r.headers["set-cookie"].startswith("session=")
+            assert not client.cookies
+
+    asyncio.run(with_server(handler, go))
+    assert len(heads) == 2 and all(b"cookie" not in h.lower() for h in heads)
 
 
 def test_reopens_a_kept_alive_connection_the_server_closed_and_honours_connection_close() -> None:
