@@ -236,8 +236,8 @@ class Batcher(Generic[In, Out]):
 
         return work
 
-    @staticmethod
     def _deliver(
+        self,
         batch: list[tuple[In, asyncio.Future[_Ran[Out]]]],
         outputs: list[Out] | None,
         error: BaseException | None,
@@ -245,6 +245,9 @@ class Batcher(Generic[In, Out]):
         end: float,
         ran: asyncio.Future[tuple[float, float, BaseException | None]],
     ) -> None:
+        # Judged at the batch's end, before the requests it answers resume (and perhaps
+        # submit again): did it hold several items, or did items queue up while it ran?
+        self._under_load = len(batch) > 1 or self._live() > 0
         if outputs is not None:
             for (_, fut), out in zip(batch, outputs, strict=True):
                 if not fut.done():
@@ -279,7 +282,6 @@ class Batcher(Generic[In, Out]):
                 raise
             seconds = end - start
             self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
-            self._under_load = len(batch) > 1 or self._live() > 0
             if self._observer is not None:
                 self._observer(BatchStats(len(batch), seconds, error))
             self._busy = False

@@ -64,6 +64,21 @@ async def test_single_request_under_no_load_does_not_wait() -> None:
     await b.stop()
 
 
+async def test_back_to_back_requests_of_one_client_do_not_wait() -> None:
+    """A client that sends its next request as soon as the answer arrives (concurrency 1) is
+    not load: the next item is queued before the worker has finished with the last batch,
+    which must not count as items that queued up while it ran."""
+    fn, batches = recording()
+    b = Batcher(fn, max_batch_size=8, max_wait_s=5.0, max_queue=8)  # a wait would be obvious
+    b.start()
+    start = time.perf_counter()
+    for i in range(5):
+        assert await b.submit([i]) == [2 * i]
+    assert time.perf_counter() - start < 1.0
+    assert batches == [[i] for i in range(5)]
+    await b.stop()
+
+
 async def test_full_queue_is_refused_and_admitted_items_complete() -> None:
     release = threading.Event()
 
