@@ -97,6 +97,8 @@ async def decode_uploads(
         return await run_in_threadpool(predictor.decode_image, im)
 
     with timing.phase("decode"):
+        if len(blobs) == 1:  # the common case; gather would wrap it in a task of its own
+            return [await decode(blobs[0])]
         return list(await asyncio.gather(*(decode(b) for b in blobs)))
 
 
