@@ -228,8 +228,8 @@ class Batcher(Generic[In, Out]):
                 outputs = self.fn(items)
                 if len(outputs) != len(items):
                     raise RuntimeError(f"batch of {len(items)} returned {len(outputs)} outputs")
-            except Exception as e:  # the batch fails, the worker and other batches go on
-                error = e
+            except BaseException as e:  # the batch fails, the worker and other batches go on
+                error = e  # handed to its requests below, whatever it is: never lost here
             end = time.perf_counter()
             with contextlib.suppress(RuntimeError):  # the loop closed while the batch ran
                 loop.call_soon_threadsafe(self._deliver, batch, outputs, error, start, end, ran)

@@ -138,6 +138,23 @@ async def test_error_fails_only_its_batch() -> None:
     assert [s.error is not None for s in stats] == [True, False]
 
 
+async def test_a_base_exception_in_fn_reaches_its_request_and_the_worker_goes_on() -> None:
+    class Fatal(BaseException):
+        pass
+
+    def fn(items: list[int]) -> list[int]:
+        if 13 in items:
+            raise Fatal("not an Exception")
+        return items
+
+    b = Batcher(fn, max_batch_size=1, max_wait_s=0.0, max_queue=8)
+    b.start()
+    with pytest.raises(Fatal):
+        await asyncio.wait_for(b.submit([13]), 5)  # not left waiting forever
+    assert await b.submit([4]) == [4]
+    await b.stop()
+
+
 async def test_cancelled_request_is_dropped_before_it_runs() -> None:
     release = threading.Event()
     seen: list[int] = []
