@@ -4,10 +4,10 @@
 
 `app` is the whole time in the app up to the answer's first byte; the others are the phases a
 model request went through: `decode` (decoding the uploaded images or JSON pixels),
-`queue` (waiting in the batcher for a batch to start), `infer` (the batched forward its items
-ran in, the whole batch's time) and, for PNG answers, `png` (encoding them). What `app` holds
-beyond them is the serving itself: routing, parsing, handing work to the inference thread and
-back, building the answer. Browsers' developer tools show the header; a client can log it to
+`queue` (waiting in the batcher until its batch starts on the inference thread, the hand-off
+included), `infer` (the batched forward its items ran in, the whole batch's time) and, for PNG
+answers, `png` (encoding them). What `app` holds beyond them is the serving itself: routing,
+parsing, the hand-back from the inference thread, building the answer. Browsers' developer tools show the header; a client can log it to
 tell the model's share of a latency from the server's.
 
 The middleware opens one list per request in a context variable, so code anywhere on the
