@@ -203,38 +203,28 @@ class Batcher(Generic[In, Out]):
         self._queue_changed()
         return batch
 
-    def _submit(self, loop: asyncio.AbstractEventLoop, work: Callable[[], None]) -> None:
-        if self._executor is None:
-            loop.run_in_executor(None, work)
-        else:
-            self._executor.submit(work)
-
-    def _runner(
+    def _work(
         self,
         loop: asyncio.AbstractEventLoop,
         batch: list[tuple[In, asyncio.Future[_Ran[Out]]]],
-        items: list[In],
         ran: asyncio.Future[tuple[float, float, BaseException | None]],
-    ) -> Callable[[], None]:
-        """The executor thread's work for one batch: run `fn`, then hand the outputs back in
-        one loop callback that sets every item's future and then `ran`, so the waiting
-        requests resume before the worker does (with no executor future in between)."""
-
-        def work() -> None:
-            start = time.perf_counter()
-            outputs: list[Out] | None = None
-            error: BaseException | None = None
-            try:
-                outputs = self.fn(items)
-                if len(outputs) != len(items):
-                    raise RuntimeError(f"batch of {len(items)} returned {len(outputs)} outputs")
-            except BaseException as e:  # the batch fails, the worker and other batches go on
-                error = e  # handed to its requests below, whatever it is: never lost here
-            end = time.perf_counter()
-            with contextlib.suppress(RuntimeError):  # the loop closed while the batch ran
-                loop.call_soon_threadsafe(self._deliver, batch, outputs, error, start, end, ran)
-
-        return work
+    ) -> None:
+        """On the executor thread: run `fn` on one batch, then hand the outputs back in one
+        loop callback that sets every item's future and then `ran`, so the waiting requests
+        resume before the worker does (with no executor future in between)."""
+        items = [item for item, _ in batch]
+        start = time.perf_counter()
+        outputs: list[Out] | None = None
+        error: BaseException | None = None
+        try:
+            outputs = self.fn(items)
+            if len(outputs) != len(items):
+                raise RuntimeError(f"batch of {len(items)} returned {len(outputs)} outputs")
+        except BaseException as e:  # the batch fails, the worker and other batches go on
+            error = e  # handed to its requests below, whatever it is: never lost here
+        end = time.perf_counter()
+        with contextlib.suppress(RuntimeError):  # the loop closed while the batch ran
+            loop.call_soon_threadsafe(self._deliver, batch, outputs, error, start, end, ran)
 
     def _deliver(
         self,
@@ -270,10 +260,12 @@ class Batcher(Generic[In, Out]):
             batch = self._take()
             if not batch:
                 continue
-            items = [item for item, _ in batch]
             ran: asyncio.Future[tuple[float, float, BaseException | None]] = loop.create_future()
             self._busy = True
-            self._submit(loop, self._runner(loop, batch, items, ran))
+            if self._executor is not None:
+                self._executor.submit(self._work, loop, batch, ran)
+            else:  # the loop's default executor
+                loop.run_in_executor(None, self._work, loop, batch, ran)
             try:
                 start, end, error = await ran
             except asyncio.CancelledError:
