@@ -16,6 +16,13 @@ Overload: the queue holds at most `max_queue` items; a submit that would overflo
 that outlives `timeout` raises `DeadlineExceeded` (504) and cancels its futures; cancelled
 items still in the queue are dropped before a batch forms, so abandoned work never runs. A
 request cancelled for any reason (client gone) cancels its futures the same way.
+
+Lanes: batches run on the threads of a `Lanes`, shared by all batchers of an app. With one lane
+(the default) batches take turns on one inference thread that uses every intra-op thread. With
+N lanes up to N batches run at once, each on its own thread with its share of the intra-op
+threads. A batch forms when a lane is free, from what is queued shared evenly among the lanes
+free at that moment, so the requests of one process are spread over its lanes one by one (not
+connection by connection, as among worker processes).
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -46,6 +54,104 @@ class Overloaded(Exception):
 
 class DeadlineExceeded(Exception):
     """A request's items did not complete within its timeout."""
+
+
+class Lanes:
+    """The inference threads batches run on, and the intra-op threads those share.
+
+    Up to `count` batches (of any batcher holding this object) run at once, each on its own
+    thread. A batch that starts with no other batch running and nothing queued behind it gets
+    all `threads` intra-op threads: a lone request runs as fast as the cores allow. Otherwise a
+    batch gets `threads // count`, so batches running side by side never hold more intra-op
+    threads than `threads` (no oversubscription); a batch that needs threads a running batch
+    holds waits for it. `set_threads(n)` (torch.set_num_threads) is called on the batch's own
+    thread whenever its count changes: the OpenMP team size is per thread.
+
+    Why more than one lane: on a CPU a compute-bound model runs more images per second as
+    single-threaded batches side by side than as one batch on every core (benchmarks.inprocess
+    measures both; README, Performance), while one batch on every core has the lower latency.
+    So a lone request gets every core and a loaded server runs batches side by side.
+    """
+
+    def __init__(
+        self,
+        count: int = 1,
+        threads: int = 1,
+        *,
+        set_threads: Callable[[int], None] | None = None,
+        name: str = "inference",
+    ) -> None:
+        if count < 1 or threads < 1:
+            raise ValueError(f"lanes need count >= 1 and threads >= 1, got {count}, {threads}")
+        if count > threads:
+            raise ValueError(f"{count} lanes need at least {count} intra-op threads, got {threads}")
+        self.count = count
+        self.threads = threads
+        self.per_lane = threads // count
+        self._set_threads = set_threads
+        self._free = threads  # intra-op threads no running batch holds
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._local = threading.local()
+        self.executor = ThreadPoolExecutor(
+            max_workers=count, thread_name_prefix=name, initializer=self._init_thread
+        )
+
+    def _init_thread(self) -> None:
+        """Each lane thread starts at the full count (it runs load and warm-up alone)."""
+        self.use(self.threads)
+
+    def use(self, threads: int) -> None:
+        """On a lane thread: run the next batch with `threads` intra-op threads."""
+        if self._set_threads is not None and getattr(self._local, "threads", None) != threads:
+            self._set_threads(threads)
+            self._local.threads = threads
+
+    @property
+    def idle(self) -> int:
+        """Lanes that could start a batch now, counting the caller's (whose threads it holds)."""
+        return 1 + self._free // self.per_lane
+
+    @property
+    def running(self) -> bool:
+        """Some batch holds intra-op threads."""
+        return self._free < self.threads
+
+    async def acquire(self) -> int:
+        """On the loop: wait (first come, first served) for a lane's share of the threads;
+        return how many are held."""
+        if self._free >= self.per_lane and not self._waiters:
+            self._free -= self.per_lane
+            return self.per_lane
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # release() reserved the threads before waking us
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(self.per_lane)
+            else:
+                self._waiters.remove(waiter)
+            raise
+        return self.per_lane
+
+    def widen(self, held: int) -> int:
+        """A batch about to run alone, nothing queued behind it: take every free thread."""
+        if held + self._free == self.threads:
+            self._free = 0
+            return self.threads
+        return held
+
+    def release(self, held: int) -> None:
+        """On the loop: a batch ended; wake those waiting for threads."""
+        self._free += held
+        while self._waiters and self._free >= self.per_lane:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._free -= self.per_lane
+                waiter.set_result(None)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
 
 
 @dataclass
@@ -77,7 +183,7 @@ class Batcher(Generic[In, Out]):
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
-        executor: Executor | None = None,
+        lanes: Lanes | None = None,
         observer: Callable[[BatchStats], None] | None = None,
         on_queue: Callable[[int], None] | None = None,
     ) -> None:
@@ -93,7 +199,9 @@ class Batcher(Generic[In, Out]):
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
-        self._executor = executor
+        # Without shared lanes, a lane of its own (closed by stop()).
+        self._own_lanes = lanes is None
+        self._lanes = lanes if lanes is not None else Lanes()
         self._observer = observer
         self._on_queue = on_queue
         self._queue: deque[tuple[In, asyncio.Future[_Ran[Out]]]] = deque()
@@ -102,7 +210,7 @@ class Batcher(Generic[In, Out]):
         self._under_load = False
         self._batch_seconds = 0.01  # running mean, for Retry-After
         self._closed = False
-        self._busy = False  # a batch is running or its outputs are not yet accounted for
+        self._running = 0  # batches running or whose outputs are not yet handed back
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -113,12 +221,16 @@ class Batcher(Generic[In, Out]):
     async def stop(self) -> None:
         """Refuse new items, let queued ones finish, then stop the worker."""
         self._closed = True
-        while (self._queue or self._busy) and self._worker is not None and not self._worker.done():
+        while (
+            (self._queue or self._running) and self._worker is not None and not self._worker.done()
+        ):
             await asyncio.sleep(0.01)
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        if self._own_lanes:
+            self._lanes.executor.shutdown(wait=False)  # idle: nothing runs any more
 
     @property
     def queued(self) -> int:
@@ -167,7 +279,7 @@ class Batcher(Generic[In, Out]):
                 self._queue_changed()
 
     def _retry_after(self) -> int:
-        batches_ahead = math.ceil(len(self._queue) / self.max_batch_size)
+        batches_ahead = math.ceil(len(self._queue) / self.max_batch_size / self._lanes.count)
         return max(1, math.ceil(batches_ahead * self._batch_seconds))
 
     def _queue_changed(self) -> None:
@@ -194,9 +306,9 @@ class Batcher(Generic[In, Out]):
                 async with asyncio.timeout(remaining):
                     await self._arrived.wait()
 
-    def _take(self) -> list[tuple[In, asyncio.Future[_Ran[Out]]]]:
+    def _take(self, limit: int) -> list[tuple[In, asyncio.Future[_Ran[Out]]]]:
         batch: list[tuple[In, asyncio.Future[_Ran[Out]]]] = []
-        while self._queue and len(batch) < self.max_batch_size:
+        while self._queue and len(batch) < limit:
             item, fut = self._queue.popleft()
             if not fut.done():
                 batch.append((item, fut))
@@ -207,16 +319,17 @@ class Batcher(Generic[In, Out]):
         self,
         loop: asyncio.AbstractEventLoop,
         batch: list[tuple[In, asyncio.Future[_Ran[Out]]]],
-        ran: asyncio.Future[tuple[float, float, BaseException | None]],
+        threads: int,
     ) -> None:
-        """On the executor thread: run `fn` on one batch, then hand the outputs back in one
-        loop callback that sets every item's future and then `ran`, so the waiting requests
-        resume before the worker does (with no executor future in between)."""
+        """On a lane thread: run `fn` on one batch with `threads` intra-op threads, then hand
+        the outputs back in one loop callback that sets every item's future, so the waiting
+        requests resume at once (with no executor future in between)."""
         items = [item for item, _ in batch]
         start = time.perf_counter()
         outputs: list[Out] | None = None
         error: BaseException | None = None
         try:
+            self._lanes.use(threads)
             outputs = self.fn(items)
             if len(outputs) != len(items):
                 raise RuntimeError(f"batch of {len(items)} returned {len(outputs)} outputs")
@@ -224,7 +337,7 @@ class Batcher(Generic[In, Out]):
             error = e  # handed to its requests below, whatever it is: never lost here
         end = time.perf_counter()
         with contextlib.suppress(RuntimeError):  # the loop closed while the batch ran
-            loop.call_soon_threadsafe(self._deliver, batch, outputs, error, start, end, ran)
+            loop.call_soon_threadsafe(self._deliver, batch, outputs, error, start, end, threads)
 
     def _deliver(
         self,
@@ -233,7 +346,7 @@ class Batcher(Generic[In, Out]):
         error: BaseException | None,
         start: float,
         end: float,
-        ran: asyncio.Future[tuple[float, float, BaseException | None]],
+        threads: int,
     ) -> None:
         # Judged at the batch's end, before the requests it answers resume (and perhaps
         # submit again): did it hold several items, or did items queue up while it ran?
@@ -246,8 +359,13 @@ class Batcher(Generic[In, Out]):
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(error or RuntimeError("batch failed"))
-        if not ran.done():
-            ran.set_result((start, end, error))
+        # Then free the lane: a worker waiting for it resumes after the requests.
+        self._lanes.release(threads)
+        self._running -= 1
+        seconds = end - start
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
+        if self._observer is not None:
+            self._observer(BatchStats(len(batch), seconds, error))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -255,25 +373,23 @@ class Batcher(Generic[In, Out]):
             if not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
-            if self._under_load and self.max_wait_s > 0:
-                await self._fill()
-            batch = self._take()
-            if not batch:
-                continue
-            ran: asyncio.Future[tuple[float, float, BaseException | None]] = loop.create_future()
-            self._busy = True
-            if self._executor is not None:
-                self._executor.submit(self._work, loop, batch, ran)
-            else:  # the loop's default executor
-                loop.run_in_executor(None, self._work, loop, batch, ran)
+            threads = await self._lanes.acquire()  # while every lane is busy, the queue fills
             try:
-                start, end, error = await ran
-            except asyncio.CancelledError:
-                for _, fut in batch:
-                    fut.cancel()
+                if self._under_load and self.max_wait_s > 0:
+                    await self._fill()
+                # What is queued is shared evenly among the lanes free now, so that idle
+                # cores do not wait for one lane's batch.
+                batch = self._take(min(self.max_batch_size, -(-self._live() // self._lanes.idle)))
+            except BaseException:
+                self._lanes.release(threads)
                 raise
-            seconds = end - start
-            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
-            if self._observer is not None:
-                self._observer(BatchStats(len(batch), seconds, error))
-            self._busy = False
+            if not batch:
+                self._lanes.release(threads)
+                continue
+            if not self._live():  # alone, if no other lane runs: as fast as it can
+                threads = self._lanes.widen(threads)
+            self._running += 1
+            try:
+                self._lanes.executor.submit(self._work, loop, batch, threads)
+            except BaseException as e:  # the executor is shut down
+                self._deliver(batch, None, e, 0.0, 0.0, threads)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from app import schemas, timing
-from app.batching import Batcher, BatchStats
+from app.batching import Batcher, BatchStats, Lanes
 from app.images import register_formats
 from app.metrics import Metrics
 from app.predictors import ClassifierPredictor, Predictor, VAEPredictor
@@ -52,18 +51,6 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _init_inference_thread(threads: int) -> None:
-    """Give the inference thread its own OpenMP thread count.
-
-    torch.set_num_threads also sets the calling thread's OpenMP team size, and each thread
-    starts from the OpenMP default (every core), not from the main thread's setting. oneDNN
-    and MKL read the thread's own value, so without this an inference thread of a worker set
-    to 1 thread still forks a team of all cores per matmul or convolution, and that team's
-    spin-waiting threads take a core from the other workers between batches.
-    """
-    torch.set_num_threads(threads)
-
-
 def model_dirs(root: Path) -> list[Path]:
     """Subdirectories of `root` holding a model card, sorted by name."""
     return sorted(p for p in root.iterdir() if (p / CARD_FILE).is_file())
@@ -81,14 +68,20 @@ class Registry:
         self.batchers: dict[tuple[str, str], Batcher[Any, Any]] = {}
         self.loaded = False  # the load attempt finished (ready = loaded and any model)
         self.threads = settings.torch_threads or default_threads()
-        # One inference thread: batches of all models take turns on the device, each using
-        # every intra-op thread; two concurrent forwards would only fight for the same cores.
-        self.executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="inference",
-            initializer=_init_inference_thread,
-            initargs=(self.threads,),
-        )
+        lanes = settings.inference_lanes
+        if self.device.type != "cpu" and lanes > 1:
+            log.warning("inference_lanes=%d is for CPUs; on %s one lane", lanes, self.device)
+            lanes = 1
+        if lanes > self.threads:
+            log.warning("inference_lanes=%d > %d threads: %d lanes", lanes, *[self.threads] * 2)
+            lanes = self.threads
+        # Batches of all models share the lanes. torch.set_num_threads on a lane thread sets
+        # that thread's OpenMP team size: each thread starts from the OpenMP default (every
+        # core), not from the main thread's setting, and oneDNN and MKL read the thread's own
+        # value, so without it a worker set to 1 thread still forks a team of all cores per
+        # convolution, whose spin-waiting threads take a core from the other workers.
+        self.lanes = Lanes(lanes, self.threads, set_threads=torch.set_num_threads)
+        self.executor = self.lanes.executor  # load and warm-up run on a lane thread
         self.dirs = model_dirs(settings.model_dir)
         if not self.dirs:
             raise RuntimeError(
@@ -110,6 +103,10 @@ class Registry:
             try:
                 p = Predictor.setup(d, self.device, s.channels_last, s.compile)
                 p.warmup(s.max_batch_size)
+                if self.lanes.per_lane != self.threads:  # batches side by side run on fewer
+                    self.lanes.use(self.lanes.per_lane)
+                    p.warmup(s.max_batch_size)
+                    self.lanes.use(self.threads)
             except Exception as e:  # any fault of one model must not stop the others
                 log.error("model %s not loaded: %s", d.name, e)
                 failed[d.name] = str(e)
@@ -136,7 +133,7 @@ class Registry:
                     max_batch_size=s.max_batch_size,
                     max_wait_s=s.batch_timeout_s,
                     max_queue=s.max_queue,
-                    executor=self.executor,
+                    lanes=self.lanes,
                     observer=self._observer(p.name, op),
                     on_queue=self.metrics.queue_depth.labels(p.name, op).set,
                 )
@@ -153,7 +150,7 @@ class Registry:
     async def close(self) -> None:
         """Finish queued work, stop the batchers and the inference thread."""
         await asyncio.gather(*(b.stop() for b in self.batchers.values()))
-        self.executor.shutdown(wait=True)
+        self.lanes.shutdown()
 
     def _observer(self, model: str, op: str) -> Any:
         m = self.metrics

@@ -44,6 +44,16 @@ class Settings(BaseSettings):
         ge=1,
         description="Intra-op threads; default: CPU cores / WEB_CONCURRENCY workers",
     )
+    inference_lanes: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description=(
+            "Batches run side by side per process (CPU), each on its own thread with "
+            "torch_threads / lanes intra-op threads (all of them when it runs alone): more "
+            "images/s for compute-bound models under load, each batch slower"
+        ),
+    )
     channels_last: bool = Field(
         default=True, description="Run convolutional models in channels-last layout"
     )

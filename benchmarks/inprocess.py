@@ -3,6 +3,9 @@
 For each endpoint it reports items/s at the serving batch size (what a perfect server could
 deliver on this machine) and the single-item latency at batch 1 (what a perfect server answers
 one lone request in). Decoding runs on the calling thread, the forward on torch's intra-op pool.
+Configurations tried: one thread, every core as intra-op threads, and (on a CPU with several
+cores) one single-threaded loop per core side by side, the most images/s a compute-bound model
+gets from the machine; each figure is the best configuration's.
 
     python -m benchmarks.inprocess runs/bench/models/full/alexnet-imagenet-random --endpoint classify
 """
@@ -13,6 +16,7 @@ import argparse
 import json
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,9 +86,12 @@ def measure(
     threads: int | None = None,
     channels_last: bool = True,
     device: str = "cpu",
+    lanes: int = 1,
 ) -> dict[str, Any]:
     """Throughput at `batch_size` and single-item latency of one endpoint of one model.
 
+    `lanes` > 1: that many loops side by side, each on its own thread with `threads` intra-op
+    threads; throughput only (a lone item has no one to share with: see the other figures).
     Every step ends with its answer on the host, so on CUDA each step includes its sync.
     """
     threads = threads or os.cpu_count() or 1
@@ -92,6 +99,24 @@ def measure(
     model, card = ops.load(model_dir, channels_last=channels_last, device=device)
     latents = latent_rows(256, int(card.config.get("latent", 1)))
     step = make_step(endpoint, model, card, corpus, latents)
+    config = {
+        "contender": "in-process",
+        "endpoint": endpoint,
+        "model": card.name,
+        "batch_size": batch_size,
+        "threads": threads,
+        "lanes": lanes,
+        "device": str(device),
+        "channels_last": channels_last and card.architecture == "alexnet",
+    }
+    if lanes > 1:
+        items, elapsed = side_by_side(step, lanes, threads, batch_size, duration)
+        return config | {
+            "items": items,
+            "seconds": round(elapsed, 3),
+            "items_per_s": round(items / elapsed, 2),
+            "single_p50_ms": None,
+        }
     timed_loop(step, batch_size, min(1.0, duration / 4))  # warm-up: allocator, oneDNN kernels
     items, elapsed, _ = timed_loop(step, batch_size, duration)
     _, _, singles = timed_loop(step, 1, min(2.0, duration / 2))
@@ -100,14 +125,7 @@ def measure(
     # forward follows the round trip of the previous answer, not another forward): for
     # reading the c=1 gap only; the target compares with the back-to-back figure above.
     _, _, after_idle = timed_loop(step, 1, min(1.0, duration / 4), idle=IDLE_S)
-    return {
-        "contender": "in-process",
-        "endpoint": endpoint,
-        "model": card.name,
-        "batch_size": batch_size,
-        "threads": threads,
-        "device": str(device),
-        "channels_last": channels_last and card.architecture == "alexnet",
+    return config | {
         "items": items,
         "seconds": round(elapsed, 3),
         "items_per_s": round(items / elapsed, 2),
@@ -121,16 +139,55 @@ def measure(
     }
 
 
+def side_by_side(
+    step: Callable[[int, int], int], lanes: int, threads: int, batch: int, duration: float
+) -> tuple[int, float]:
+    """`lanes` loops of `step` at once, each on its own thread with `threads` intra-op threads
+    (the OpenMP team size is per thread), each on its own stretch of the inputs: items, seconds."""
+    start = threading.Barrier(lanes + 1)
+    done: list[int] = [0] * lanes
+
+    def lane(k: int) -> None:
+        torch.set_num_threads(threads)
+
+        def own(i: int, b: int) -> int:
+            return step(k * 100_003 + i, b)
+
+        timed_loop(own, batch, min(1.0, duration / 4))  # warm-up
+        start.wait()
+        done[k] = timed_loop(own, batch, duration)[0]
+
+    workers = [threading.Thread(target=lane, args=(k,)) for k in range(lanes)]
+    for w in workers:
+        w.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for w in workers:
+        w.join()
+    return sum(done), time.perf_counter() - t0
+
+
+def label(result: dict[str, Any]) -> str:
+    """A configuration's name: its intra-op threads, "LxT" for L loops side by side."""
+    lanes = result.get("lanes", 1)
+    return f"{lanes}x{result['threads']}" if lanes > 1 else str(result["threads"])
+
+
 def best_of(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ceiling over several configurations: best throughput and, separately, best latency."""
+    """The ceiling over several configurations: best throughput and, separately, best latency
+    (of those that measure one)."""
     best = dict(max(results, key=lambda r: r["items_per_s"]))
-    fastest = min(results, key=lambda r: r["single_p50_ms"])
+    fastest = min(
+        (r for r in results if r.get("single_p50_ms") is not None),
+        key=lambda r: r["single_p50_ms"],
+    )
     best.update(
         single_p50_ms=fastest["single_p50_ms"],
         single_p99_ms=fastest["single_p99_ms"],
         single_after_idle_p50_ms=fastest.get("single_after_idle_p50_ms"),
+        idle_ms=fastest.get("idle_ms"),
         single_threads=fastest["threads"],
-        tried={r["threads"]: [r["items_per_s"], r["single_p50_ms"]] for r in results},
+        tried={label(r): [r["items_per_s"], r.get("single_p50_ms")] for r in results},
     )
     return best
 
@@ -164,6 +221,13 @@ def main(argv: list[str] | None = None) -> None:
         help="intra-op thread counts to try; the best of each figure is kept (default: 1 and all "
         "cores: on a busy machine one thread can beat two, whose barriers wait on the scheduler)",
     )
+    parser.add_argument(
+        "--lanes",
+        type=int,
+        default=None,
+        help="also run this many single-threaded loops side by side, for throughput (default: "
+        "the number of cores on a CPU; 1: not at all)",
+    )
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -173,7 +237,10 @@ def main(argv: list[str] | None = None) -> None:
 
     card = read_card(args.model_dir)
     corpus = corpus_for(args.endpoint, card.input.channels, args.data_dir)
-    options = args.threads or sorted({1, os.cpu_count() or 1})
+    options = [(t, 1) for t in args.threads or sorted({1, os.cpu_count() or 1})]
+    lanes = args.lanes or ((os.cpu_count() or 1) if args.device == "cpu" else 1)
+    if lanes > 1:
+        options.append((1, lanes))
     result = best_of(
         [
             measure(
@@ -185,8 +252,9 @@ def main(argv: list[str] | None = None) -> None:
                 t,
                 args.channels_last,
                 args.device,
+                lanes=n,
             )
-            for t in options
+            for t, n in options
         ]
     )
     result["inputs"] = corpus.source if corpus else "latent rows / seeds"

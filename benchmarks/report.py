@@ -134,6 +134,13 @@ def _rounds(ceil: dict[str, Any], *figures: str) -> str:
     return f" (rounds: {', '.join(spans)})" if spans else ""
 
 
+def _ceiling_config(ceil: dict[str, Any]) -> str:
+    lanes = ceil.get("lanes", 1)
+    if lanes > 1:
+        return f"{lanes} batches side by side, {ceil['threads']} thread(s) each"
+    return f"{ceil['threads']} threads"
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return "-"
@@ -187,7 +194,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         if ceil:
             lines.append(
                 f"In-process ceiling: **{ceil['items_per_s']:.1f} items/s** at batch {ceil['batch_size']} "
-                f"({ceil['threads']} threads), single item p50 **{ceil['single_p50_ms']:.2f} ms** "
+                f"({_ceiling_config(ceil)}), single item p50 **{ceil['single_p50_ms']:.2f} ms** "
                 f"({ceil.get('single_threads', ceil['threads'])} threads)"
                 + _rounds(ceil, "items_per_s", "single_p50_ms")
                 + (

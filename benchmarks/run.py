@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -115,10 +115,12 @@ def serve_ours(
     threads: int | None = None,
     workers: int = 1,
     device: str = "cpu",
+    lanes: int = 1,
 ) -> Iterator[tuple[str, int]]:
     """Our service (uvicorn, `workers` processes) on `model_dir`; yields (base URL, pid).
 
     `threads` sets MODELSERVE_TORCH_THREADS; None keeps the service's default (cores / workers).
+    `lanes` sets MODELSERVE_INFERENCE_LANES.
     Several workers run as in production: WEB_CONCURRENCY and a PROMETHEUS_MULTIPROC_DIR.
     """
     port = free_port()
@@ -132,6 +134,8 @@ def serve_ours(
            "MODELSERVE_LOG_LEVEL": "WARNING"}  # fmt: skip
     if threads is not None:
         env["MODELSERVE_TORCH_THREADS"] = str(threads)
+    if lanes != 1:
+        env["MODELSERVE_INFERENCE_LANES"] = str(lanes)
     cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "warning", "--no-access-log",
            "--workers", str(workers)]  # fmt: skip
@@ -248,19 +252,26 @@ def sweep_server(
     return points + [asdict(p) for p in floor]
 
 
-def contenders(args: argparse.Namespace) -> list[tuple[str, str, int, int | None]]:
-    """(flavour, name, workers, threads) of every server configuration asked for, in order."""
-    out: list[tuple[str, str, int, int | None]] = []
+class Contender(NamedTuple):
+    """One server configuration: ours-wN (N processes), ours-tN (N threads), ours-lN (N lanes)."""
+
+    flavour: str  # "ours", "litserve" or "inprocess"
+    name: str
+    workers: int = 1
+    threads: int | None = None
+    lanes: int = 1
+
+
+def contenders(args: argparse.Namespace) -> list[Contender]:
+    """Every server configuration asked for, in order."""
+    out: list[Contender] = []
     if "ours" in args.contenders:
-        configs = [(1, None), *((w, None) for w in args.ours_workers if w != 1),
-                   *((1, t) for t in args.ours_threads)]  # fmt: skip
-        for workers, threads in configs:
-            name = "ours" if workers == 1 else f"ours-w{workers}"
-            out.append(
-                ("ours", name + ("" if threads is None else f"-t{threads}"), workers, threads)
-            )
+        out.append(Contender("ours", "ours"))
+        out += [Contender("ours", f"ours-w{w}", workers=w) for w in args.ours_workers if w != 1]
+        out += [Contender("ours", f"ours-t{t}", threads=t) for t in args.ours_threads]
+        out += [Contender("ours", f"ours-l{n}", lanes=n) for n in args.ours_lanes if n != 1]
     if "litserve" in args.contenders:
-        out += [("litserve", f"litserve-w{w}", w, None) for w in args.litserve_workers]
+        out += [Contender("litserve", f"litserve-w{w}", workers=w) for w in args.litserve_workers]
     return out
 
 
@@ -352,10 +363,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "MODELSERVE_BATCH_TIMEOUT_MS as above, other settings default (torch threads = "
             "cores), log level WARNING; ours-wN: N worker processes (WEB_CONCURRENCY=N, "
             "PROMETHEUS_MULTIPROC_DIR set, torch threads = cores // N each); ours-tN: one "
-            f"process with MODELSERVE_TORCH_THREADS=N; worker counts tried: {args.ours_workers}",
+            "process with MODELSERVE_TORCH_THREADS=N; ours-lN: one process with "
+            "MODELSERVE_INFERENCE_LANES=N (N batches side by side, torch threads = cores); worker "
+            f"counts tried: {args.ours_workers}, lanes: {[1, *args.ours_lanes]}",
             "ceiling": "benchmarks.inprocess: decode + preprocess + forward at batch = max_batch_size; "
-            "single-item latency at batch 1; each the best of 1 thread and all cores; measured in "
-            "every round, in turn with the servers, each figure the median of the rounds",
+            "single-item latency at batch 1; throughput the best of 1 thread, all cores, and one "
+            "single-threaded loop per core side by side; latency the best of 1 thread and all "
+            "cores; measured in every round, in turn with the servers, each figure the median of "
+            "the rounds",
         },
         "inputs": {
             "classify": inputs.rgb.source,
@@ -376,14 +391,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"\n== {group}: {model} ({', '.join(endpoints)})", flush=True)
             rounds: list[list[dict[str, Any]]] = []
             ceilings: list[list[dict[str, Any]]] = []
-            servers: list[tuple[str, str, int, int | None]] = contenders(args)
+            servers = contenders(args)
             if "inprocess" in args.contenders:  # the ceiling takes its turn in every round too
-                servers.append(("inprocess", "ceiling", 1, None))
+                servers.append(Contender("inprocess", "ceiling"))
             for r in range(args.rounds):
                 # Odd rounds run the contenders in reverse order, so a machine that drifts
                 # faster or slower during the group does not favour whoever runs first.
                 points: list[dict[str, Any]] = []
-                for flavour, name, workers, threads in servers if r % 2 == 0 else servers[::-1]:
+                for flavour, name, workers, threads, lanes in (
+                    servers if r % 2 == 0 else servers[::-1]
+                ):
                     if flavour == "inprocess":
                         ceilings.append(
                             [
@@ -396,7 +413,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if flavour == "ours":
                         served = serve_ours(
                             group_dir, model, args.max_batch_size, args.batch_timeout_ms, log,
-                            threads, workers, args.device,
+                            threads, workers, args.device, lanes,
                         )  # fmt: skip
                     else:
                         served = serve_litserve(
@@ -438,6 +455,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=[],
         help="also run our service with MODELSERVE_TORCH_THREADS=N (contender ours-tN)",
+    )
+    parser.add_argument(
+        "--ours-lanes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="also run our service in one process with MODELSERVE_INFERENCE_LANES=N (contender "
+        "ours-lN; default: the number of cores on a CPU, none with --quick)",
     )
     parser.add_argument(
         "--ours-workers",
@@ -515,6 +540,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.ceiling_duration = args.ceiling_duration or (2.0 if q else 5.0)
     args.litserve_workers = args.litserve_workers or ([1] if q else [1, 2])
     args.ours_workers = args.ours_workers or ([1] if q else [1, 2])
+    if args.ours_lanes is None:  # one lane per core, where there are cores to share
+        cores = os.cpu_count() or 1
+        args.ours_lanes = [cores] if cores > 1 and args.device == "cpu" and not q else []
     return args
 
 

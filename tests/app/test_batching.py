@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 
 import pytest
 
-from app.batching import Batcher, BatchStats, DeadlineExceeded, Overloaded
+from app.batching import Batcher, BatchStats, DeadlineExceeded, Lanes, Overloaded
 
 
 def recording(delay: float = 0.0, fail_on: int | None = None):
@@ -126,15 +126,12 @@ async def test_deadline_raises_and_drops_queued_work() -> None:
 async def test_error_fails_only_its_batch() -> None:
     fn, _ = recording(fail_on=13)
     stats: list[BatchStats] = []
-    with ThreadPoolExecutor(1) as pool:
-        b = Batcher(
-            fn, max_batch_size=1, max_wait_s=0.0, max_queue=8, executor=pool, observer=stats.append
-        )
-        b.start()
-        with pytest.raises(RuntimeError, match="boom"):
-            await b.submit([13])
-        assert await b.submit([4]) == [8]  # the worker survives
-        await b.stop()
+    b = Batcher(fn, max_batch_size=1, max_wait_s=0.0, max_queue=8, observer=stats.append)
+    b.start()
+    with pytest.raises(RuntimeError, match="boom"):
+        await b.submit([13])
+    assert await b.submit([4]) == [8]  # the worker survives
+    await b.stop()
     assert [s.error is not None for s in stats] == [True, False]
 
 
@@ -221,3 +218,119 @@ async def test_timed_submit_tells_queueing_from_running() -> None:
     assert alone.queued < 0.02 <= 0.04 <= alone.ran  # an idle batcher starts at once
     assert second.queued >= 0.03  # the rest of the first batch
     assert second.ran >= 0.04
+
+
+# --- lanes ---------------------------------------------------------------------------------
+def threads_seen() -> tuple[Lanes, Callable[[], int]]:
+    """Lanes(2 lanes, 2 threads) whose set_threads is recorded per OS thread."""
+    local = threading.local()
+
+    def set_threads(n: int) -> None:
+        local.threads = n
+
+    return Lanes(2, 2, set_threads=set_threads), lambda: local.threads
+
+
+async def test_two_lanes_run_two_batches_at_once() -> None:
+    lanes, _ = threads_seen()
+    meet = threading.Barrier(2, timeout=5)  # on one lane the first batch would wait in vain
+
+    def fn(items: list[int]) -> list[int]:
+        meet.wait()
+        return items
+
+    b = Batcher(fn, max_batch_size=1, max_wait_s=0.0, max_queue=8, lanes=lanes)
+    b.start()
+    assert await asyncio.gather(b.submit([1]), b.submit([2])) == [[1], [2]]
+    await b.stop()
+    lanes.shutdown()
+
+
+async def test_a_lone_batch_gets_every_thread_and_side_by_side_batches_share_them() -> None:
+    lanes, current = threads_seen()
+    held: list[int] = []
+    lock = threading.Lock()
+    running = [0]  # intra-op threads held by batches running now
+    most = [0]
+
+    def fn(items: list[int]) -> list[int]:
+        with lock:
+            running[0] += current()
+            most[0] = max(most[0], running[0])
+            held.append(current())
+        time.sleep(0.02)
+        with lock:
+            running[0] -= current()
+        return items
+
+    b = Batcher(fn, max_batch_size=2, max_wait_s=0.0, max_queue=64, lanes=lanes)
+    b.start()
+    assert await b.submit([0]) == [0]
+    assert held == [2]  # alone, nothing queued: both threads
+    held.clear()
+    await asyncio.gather(*(b.submit([i]) for i in range(12)))
+    await b.stop()
+    lanes.shutdown()
+    assert 1 in held  # under load, batches ran on one thread each...
+    assert most[0] == 2  # ...side by side, never holding more threads than there are
+
+
+async def test_a_queue_is_shared_among_the_free_lanes() -> None:
+    lanes, _ = threads_seen()
+    fn, batches = recording(delay=0.02)
+    b = Batcher(fn, max_batch_size=8, max_wait_s=0.0, max_queue=64, lanes=lanes)
+    b.start()
+    assert await b.submit(list(range(8))) == [2 * x for x in range(8)]
+    await b.stop()
+    lanes.shutdown()
+    assert sorted(len(x) for x in batches) == [4, 4]  # not 8 on one lane, the other idle
+
+
+async def test_batchers_sharing_one_lane_take_turns() -> None:
+    lanes = Lanes(1, 1)
+    lock = threading.Lock()
+    running = [0]
+    overlap = [False]
+
+    def fn(items: list[int]) -> list[int]:
+        with lock:
+            running[0] += 1
+            overlap[0] |= running[0] > 1
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        return items
+
+    a = Batcher(fn, max_batch_size=1, max_wait_s=0.0, max_queue=8, lanes=lanes)
+    b = Batcher(fn, max_batch_size=1, max_wait_s=0.0, max_queue=8, lanes=lanes)
+    a.start()
+    b.start()
+    results = await asyncio.gather(*(x.submit([i]) for i in range(4) for x in (a, b)))
+    await asyncio.gather(a.stop(), b.stop())
+    lanes.shutdown()
+    assert results == [[i] for i in range(4) for _ in (a, b)]
+    assert not overlap[0]
+
+
+async def test_a_cancelled_wait_for_a_lane_gives_nothing_away() -> None:
+    lanes = Lanes(1, 2)
+    held = await lanes.acquire()
+    for handed_over in (False, True):
+        waiting = asyncio.ensure_future(lanes.acquire())
+        await asyncio.sleep(0)  # now waiting for the threads
+        if handed_over:  # released to the waiter, which is cancelled before it resumes
+            lanes.release(held)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        if handed_over:
+            held = await asyncio.wait_for(lanes.acquire(), 1)  # the threads came back
+    assert held == 2
+    lanes.release(held)
+    assert lanes.running is False
+    lanes.shutdown()
+
+
+def test_more_lanes_than_threads_is_refused() -> None:
+    with pytest.raises(ValueError, match="3 lanes"):
+        Lanes(3, 2)

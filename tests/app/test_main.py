@@ -307,6 +307,36 @@ def _openmp_runtime() -> ctypes.CDLL | None:
     return None
 
 
+def test_two_lanes_answer_concurrent_requests_as_one_lane_does(model_dir: Path) -> None:
+    # Batches side by side on two lane threads (one intra-op thread each under load): every
+    # request still gets its own image's answer.
+    images = [png_bytes(color=(17 * i, 255 - 13 * i, 40 + 9 * i)) for i in range(16)]
+
+    def classify_all(c: TestClient) -> list[list[tuple[str, float]]]:
+        def one(b: bytes) -> list[tuple[str, float]]:
+            r = c.post("/classify", files=[("image", ("x.png", b, "image/png"))])
+            assert r.status_code == 200, r.text
+            return [(p["label"], p["probability"]) for p in r.json()["predictions"]]
+
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(one, images))
+
+    answers = []
+    before = torch.get_num_threads()
+    try:
+        for lanes in (1, 2):
+            settings = test_settings(model_dir, torch_threads=2, inference_lanes=lanes)
+            with TestClient(create_app(settings)) as c:
+                wait_ready(c)
+                answers.append(classify_all(c))
+                assert c.app.state.registry.lanes.count == lanes  # type: ignore[attr-defined]
+    finally:
+        torch.set_num_threads(before)
+    for one_lane, two_lanes in zip(*answers, strict=True):
+        assert [label for label, _ in one_lane] == [label for label, _ in two_lanes]
+        assert [p for _, p in one_lane] == pytest.approx([p for _, p in two_lanes], abs=1e-5)
+
+
 def test_inference_thread_has_the_configured_openmp_team(tmp_path: Path) -> None:
     # Each OS thread starts from OpenMP's default team size (all cores), whatever the main
     # thread set; MKL and oneDNN read the calling thread's own value, and torch corrects it

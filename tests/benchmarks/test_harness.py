@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,29 @@ def test_inprocess_ceiling_reports_throughput_and_single_latency(model_dir: Path
     assert result["items_per_s"] > 0 and result["single_p50_ms"] > 0 and result["single_n"] >= 1
     assert result["model"] == "alexnet-cifar10"
     assert result["single_after_idle_p50_ms"] > 0 and result["idle_ms"] == 5
+
+
+def test_inprocess_ceiling_side_by_side_counts_every_lane_and_is_kept_when_best(
+    model_dir: Path,
+) -> None:
+    from benchmarks.inprocess import best_of
+
+    corpus = generated(4, (32, 32), "RGB", "JPEG")
+    before = torch.get_num_threads()
+    try:
+        lanes = measure(
+            model_dir / "alexnet-cifar10", "classify", corpus, batch_size=4, duration=0.05,
+            threads=1, lanes=2,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    assert lanes["lanes"] == 2 and lanes["single_p50_ms"] is None
+    assert lanes["items"] >= 8 and lanes["items"] % 4 == 0  # both lanes' batches counted
+    one = {**lanes, "lanes": 1, "items_per_s": 10.0, "single_p50_ms": 3.0, "single_p99_ms": 4.0}
+    best = best_of([one, {**lanes, "items_per_s": 20.0}])
+    assert best["lanes"] == 2 and best["items_per_s"] == 20.0  # throughput from side by side
+    assert best["single_p50_ms"] == 3.0  # latency from the configuration that measures it
+    assert best["tried"] == {"1": [10.0, 3.0], "2x1": [20.0, None]}
 
 
 def test_timed_loop_idles_outside_the_timed_calls() -> None:
@@ -376,8 +400,14 @@ def test_contenders_alternate_and_cover_every_configuration() -> None:
     from benchmarks.run import contenders, parse_args
 
     args = parse_args(["--ours-workers", "1", "2", "--litserve-workers", "1", "2"])
-    names = [name for _, name, _, _ in contenders(args)]
-    assert names == ["ours", "ours-w2", "litserve-w1", "litserve-w2"]
+    assert args.ours_lanes == ([os.cpu_count()] if (os.cpu_count() or 1) > 1 else [])
+    args = parse_args(
+        ["--ours-workers", "1", "2", "--ours-lanes", "2", "--litserve-workers", "1", "2"]
+    )
+    servers = contenders(args)
+    assert [c.name for c in servers] == ["ours", "ours-w2", "ours-l2", "litserve-w1", "litserve-w2"]
+    assert (servers[1].workers, servers[1].lanes) == (2, 1)
+    assert (servers[2].workers, servers[2].lanes) == (1, 2)
     assert parse_args([]).rounds == 1
 
 
