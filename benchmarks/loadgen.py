@@ -202,9 +202,12 @@ async def run_point(
     concurrency: int,
     duration: float,
     warmup: float,
+    trace: list[dict[str, Any]] | None = None,
 ) -> tuple[float, list[float], Counter[str], list[dict[str, float]]]:
     """Drive `concurrency` closed-loop clients; latencies, errors and server-side times (where
-    the server reports them) of the measured window.
+    the server reports them) of the measured window. With `trace`, one record per request of
+    the window is appended to it: when it was sent (seconds into the window), its latency, its
+    error (None when it succeeded) and its Server-Timing entries.
 
     Each client has its own httpx.AsyncClient (one connection): one shared pool of 64
     connections costs httpx so much that the client, not the server, caps the throughput
@@ -223,10 +226,11 @@ async def run_point(
     server: list[dict[str, float]] = []
     counter = iter(range(10**12))
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(index: int, client: httpx.AsyncClient) -> None:
         while loop.time() < window[1]:  # bounded: stops issuing once the window closes
             prepared = pool[next(counter) % len(pool)]
             own: dict[str, float] = {}
+            sent = loop.time()
             t0 = time.perf_counter()
             try:
                 response = await client.send(prepared)
@@ -239,6 +243,15 @@ async def run_point(
                 status = type(e).__name__
             done = loop.time()
             if window[0] <= done <= window[1]:
+                if trace is not None:
+                    trace.append({
+                        "concurrency": concurrency,
+                        "client": index,
+                        "sent_s": round(sent - window[0], 4),
+                        "latency_ms": round(latency * 1000, 3) if status is None else None,
+                        "error": status,
+                        "server_ms": own,
+                    })  # fmt: skip
                 if status is None:
                     latencies.append(latency)
                     if own:
@@ -247,7 +260,7 @@ async def run_point(
                     errors[status] += 1
 
     try:
-        await asyncio.gather(*(worker(c) for c in clients))
+        await asyncio.gather(*(worker(i, c) for i, c in enumerate(clients)))
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
     return duration, latencies, errors, server
@@ -264,8 +277,9 @@ async def sweep(
     warmup: float,
     timeout: float = 60.0,
     transport: str = "lean",
+    trace: list[dict[str, Any]] | None = None,
 ) -> list[PointResult]:
-    """One point per concurrency, in order, each with its own warm-up."""
+    """One point per concurrency, in order, each with its own warm-up (`trace`: see run_point)."""
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
     results = []
@@ -280,7 +294,7 @@ async def sweep(
 
     for c in concurrencies:
         seconds, latencies, errors, server = await run_point(
-            make_client, request, c, duration, warmup
+            make_client, request, c, duration, warmup, trace
         )
         point = summarise(
             contender, endpoint, model, c, seconds, latencies, errors, server_timings=server
@@ -356,12 +370,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--json", type=Path, help="also write the points here")
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        help="also write one JSON line per measured request here (concurrency, client, when "
+        "sent, latency, error, Server-Timing entries): what a tail is made of",
+    )
     args = parser.parse_args(argv)
     channels = args.channels or (3 if args.endpoint == "classify" else 1)
     corpus = rgb_corpus(args.data_dir) if channels == 3 else grey_corpus(args.data_dir)
     request = make_requester(
         args.flavour, args.endpoint, args.model, corpus, latent_rows(256, args.latent_dim)
     )
+    trace: list[dict[str, Any]] | None = [] if args.trace else None
     points = run(
         sweep(
             args.url,
@@ -373,11 +394,14 @@ def main(argv: list[str] | None = None) -> None:
             args.duration,
             args.warmup,
             transport=args.transport,
+            trace=trace,
         )
     )
     print(format_table(points))
     if args.json:
         args.json.write_text(json.dumps([asdict(p) for p in points], indent=2) + "\n")
+    if args.trace:
+        args.trace.write_text("".join(json.dumps(r) + "\n" for r in trace))
 
 
 if __name__ == "__main__":

@@ -95,15 +95,24 @@ def test_run_point_counts_successes_and_errors_separately() -> None:
         made.append(httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t"))
         return made[-1]
 
+    trace: list[dict[str, Any]] = []
+
     async def go() -> tuple[float, list[float], Counter[str], list[dict[str, float]]]:
         request = loadgen.make_requester(
             "litserve", "classify", "m", generated(1, (8, 8), "RGB", "PNG")
         )
         return await loadgen.run_point(
-            make_client, request, concurrency=3, duration=0.4, warmup=0.05
+            make_client, request, concurrency=3, duration=0.4, warmup=0.05, trace=trace
         )
 
     _, latencies, errors, server = asyncio.run(go())
+    # The trace has one record per request of the window, the failed ones too.
+    assert len(trace) == len(latencies) + errors["503"]
+    traced = sorted(r["latency_ms"] for r in trace if r["error"] is None)
+    assert traced == pytest.approx(sorted(1000 * t for t in latencies), abs=1e-3)
+    assert {r["error"] for r in trace} == {None, "503"}
+    assert {r["client"] for r in trace} <= {0, 1, 2}
+    assert all(-0.5 < r["sent_s"] < 0.4 and r["concurrency"] == 3 for r in trace)
     assert latencies and set(errors) == {"503"}
     assert server == []  # this app sends no Server-Timing
     assert len(made) == 3 and all(c.is_closed for c in made)  # one client per worker, closed
