@@ -1,7 +1,15 @@
-"""Turn a benchmark report (benchmarks/run.py) into the issue's target checks and a markdown page."""
+"""Turn a benchmark report (benchmarks/run.py) into the issue's target checks and a markdown page.
+
+A saved run can be checked again with this module's rule:
+
+    python -m benchmarks.report benchmarks/results/<date>.json --markdown page.md
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import PROBE
@@ -45,14 +53,29 @@ def _best(
     return max(at_c, key=lambda p: p["items_per_s"], default=None)
 
 
+def compute_bound_config(report: dict[str, Any]) -> str:
+    """Our configuration for a compute-bound model, the one the README recommends: on a CPU
+    one process with one inference lane per core (ours-lN), elsewhere the default (ours)."""
+    cores = report.get("machine", {}).get("cores") or 1
+    on_cpu = report.get("config", {}).get("device", "cpu") == "cpu"
+    return f"ours-l{cores}" if on_cpu and cores > 1 else "ours"
+
+
 def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Each of issue 4's CPU targets that this report has the points for, met or missed and by how much.
 
-    Each server is held at its best configuration per point (ours: worker processes and
-    threads; LitServe: worker count), the same rule for both; c=1 takes our lowest p50.
+    The full AlexNet's targets at c=16-64 hold our service at one configuration, the one the
+    README recommends for a compute-bound model (`compute_bound_config`; our best-throughput
+    configuration at that point where it did not run), as a user deploys one; LitServe gets
+    its best worker count per point. (Picking our best-throughput configuration per point
+    picked by noise among configurations within a few % of each other, and with them the p99
+    that decides the target.) Our best-throughput configuration is named beside it. Elsewhere
+    each server is held at its best configuration (ours: worker processes, threads, lanes;
+    LitServe: worker count), the same rule for both; c=1 takes our lowest p50.
     """
     out: list[dict[str, Any]] = []
     full = report["models"].get("full", "").rsplit("/", 1)[-1]
+    declared = compute_bound_config(report)
     for endpoint, model in _workloads(report):
         if endpoint == PROBE:
             continue  # the HTTP floor is context, not a target
@@ -62,13 +85,22 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         label = f"{endpoint} {model}"
         if model == full:
             for c in sorted({p["concurrency"] for p in ours if p["concurrency"] >= 16}):
-                p = _best(report, endpoint, model, c, "ours")
-                assert p is not None
+                best = _best(report, endpoint, model, c, "ours")
+                assert best is not None
+                p = next(
+                    (q for q in ours if q["concurrency"] == c and q["contender"] == declared), best
+                )
+                aside = (
+                    ""
+                    if best is p
+                    else f"; best throughput: {best['contender']} {best['items_per_s']} img/s, "
+                    f"p99 {best['p99_ms']:.0f} ms"
+                )
                 if ceil:
                     share = p["items_per_s"] / ceil["items_per_s"]
                     out.append({
                         "target": f"{label} c={c}: >= {CEILING_SHARE:.0%} of the in-process ceiling",
-                        "value": f"{share:.0%} ({p['items_per_s']} vs {ceil['items_per_s']} img/s, {p['contender']})",
+                        "value": f"{share:.0%} ({p['items_per_s']} vs {ceil['items_per_s']} img/s, {p['contender']}){aside}",
                         "met": share >= CEILING_SHARE,
                     })  # fmt: skip
                 rival = _best(report, endpoint, model, c, "litserve")
@@ -76,7 +108,7 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                     out.append({
                         "target": f"{label} c={c}: ahead of LitServe at an equal or lower p99",
                         "value": f"{p['items_per_s']} ({p['contender']}) vs {rival['items_per_s']} img/s ({rival['contender']}), "
-                                 f"p99 {p['p99_ms']:.0f} vs {rival['p99_ms']:.0f} ms",
+                                 f"p99 {p['p99_ms']:.0f} vs {rival['p99_ms']:.0f} ms{aside}",
                         "met": p["items_per_s"] > rival["items_per_s"] and p["p99_ms"] <= rival["p99_ms"],
                     })  # fmt: skip
         elif ours and theirs:
@@ -233,3 +265,22 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {t['target']} | {t['value']} | {'yes' if t['met'] else '**no**'} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Check a saved report's targets again (with this module's rule) and print its page."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("report", type=Path, help="a JSON report written by benchmarks.run")
+    parser.add_argument("--markdown", type=Path, help="write the page here instead of stdout")
+    args = parser.parse_args(argv)
+    report = json.loads(args.report.read_text())
+    report["targets"] = check_targets(report)
+    page = render_markdown(report)
+    if args.markdown:
+        args.markdown.write_text(page)
+    else:
+        print(page, end="")
+
+
+if __name__ == "__main__":
+    main()
