@@ -235,11 +235,11 @@ class Batcher(Generic[In, Out]):
         self._under_load = False
         self._batch_seconds = 0.01  # running mean, for Retry-After
         self._closed = False
-        self._running = 0  # batches running or whose outputs are not yet handed back
-        # Seconds per item by intra-op thread count (running mean) and this batcher's batches
-        # on their lanes now, as (start, size, threads): when will a busy lane free?
-        self._item_seconds: dict[int, float] = {}
+        # Batches running or whose outputs are not yet handed back, as (start, size, threads)
+        # by id of the batch: when will a busy lane free? With the seconds per item by
+        # intra-op thread count (running mean).
         self._inflight: dict[int, tuple[float, int, int]] = {}
+        self._item_seconds: dict[int, float] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -251,7 +251,7 @@ class Batcher(Generic[In, Out]):
         """Refuse new items, let queued ones finish, then stop the worker."""
         self._closed = True
         while (
-            (self._queue or self._running) and self._worker is not None and not self._worker.done()
+            (self._queue or self._inflight) and self._worker is not None and not self._worker.done()
         ):
             await asyncio.sleep(0.01)
         if self._worker is not None:
@@ -405,7 +405,6 @@ class Batcher(Generic[In, Out]):
                     fut.set_exception(error or RuntimeError("batch failed"))
         # Then free the lane: a worker waiting for it resumes after the requests.
         self._lanes.release(threads)
-        self._running -= 1
         self._inflight.pop(id(batch), None)
         seconds = end - start
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
@@ -428,9 +427,8 @@ class Batcher(Generic[In, Out]):
                     await self._fill()
                 # What is queued is shared among the lanes, so that idle cores do not wait
                 # for one lane's batch.
-                live = self._live()
                 batch = self._take(
-                    lane_share(live, self._lanes.idle, self.max_batch_size, self._ahead())
+                    lane_share(self._live(), self._lanes.idle, self.max_batch_size, self._ahead())
                 )
             except BaseException:
                 self._lanes.release(threads)
@@ -440,7 +438,6 @@ class Batcher(Generic[In, Out]):
                 continue
             if not self._live():  # alone, if no other lane runs: as fast as it can
                 threads = self._lanes.widen(threads)
-            self._running += 1
             self._inflight[id(batch)] = (time.perf_counter(), len(batch), threads)
             try:
                 self._lanes.executor.submit(self._work, loop, batch, threads)

@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(points))
     if args.json:
         args.json.write_text(json.dumps([asdict(p) for p in points], indent=2) + "\n")
-    if args.trace:
+    if args.trace and trace is not None:
         args.trace.write_text("".join(json.dumps(r) + "\n" for r in trace))
 
 
