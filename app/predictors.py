@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from app import schemas
-from app.images import decode_opened, normalize
+from app.images import decode_opened, normalize, stack_pixels
 from models.checkpoint import ModelCard, load_checkpoint
 
 
@@ -75,12 +75,13 @@ class Predictor(ABC):
         """CPU items -> one batch in model space on the device: stacked, moved once (pinned,
         async on CUDA), uint8 pixels normalised.
 
-        Decoded images arrive as uint8 pixels and are normalised here, once per batch and after
-        the copy (a quarter of the bytes to move); float items (JSON pixels, latents) are
-        already in model space. A batch mixing both normalises its uint8 items one by one.
+        Decoded images arrive as uint8 pixels and are stacked in Pillow's pixel order (a
+        channels-last batch, `stack_pixels`) and normalised here, once per batch and after the
+        copy (a quarter of the bytes to move); float items (JSON pixels, latents) are already in
+        model space. A batch mixing both normalises its uint8 items one by one.
         """
         if all(t.dtype == torch.uint8 for t in items):
-            x = torch.stack(items)
+            x = stack_pixels(items)
         else:
             x = torch.stack([self._model_space(t) if t.dtype == torch.uint8 else t for t in items])
         if self.device.type == "cuda":
@@ -146,7 +147,8 @@ class ClassifierPredictor(Predictor):
 
     @torch.inference_mode()
     def predict_classify(self, items: list[Tensor]) -> list[Tensor]:
-        x = self._model_batch(items).contiguous(memory_format=torch.channels_last)  # (B, C, H, W)
+        # (B, C, H, W); channels-last already when built from decoded uploads (a no-op then)
+        x = self._model_batch(items).contiguous(memory_format=torch.channels_last)
         probs = torch.softmax(self.model(x).float(), dim=1).cpu()  # (B, N), one sync per batch
         return list(probs.unbind(0))
 

@@ -31,6 +31,7 @@ import torch
 from fastapi import Request
 from torch import Tensor
 
+from app.images import stack_pixels
 from benchmarks import ops
 from models.checkpoint import read_card
 
@@ -68,7 +69,7 @@ class _ModelAPI(ls.LitAPI):
         return output
 
     def batch(self, inputs: list[Tensor]) -> Tensor:
-        return ops.to_model_batch(torch.stack(inputs), self.card, self.channels_last, self.device)
+        return ops.to_model_batch(stack_pixels(inputs), self.card, self.channels_last, self.device)
 
 
 class ClassifyAPI(_ModelAPI):

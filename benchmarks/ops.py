@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from app.images import decode_opened, normalize, open_image
+from app.images import decode_opened, normalize, open_image, stack_pixels
 from models.checkpoint import ModelCard, load_checkpoint
 
 # Same limit as the service's default (app/settings.py max_image_pixels).
@@ -39,7 +39,7 @@ def device_of(model: nn.Module) -> torch.device:
 
 def decode_pixels(files: Sequence[bytes], card: ModelCard) -> Tensor:
     """Decode uploads as the service does -> (B, C, H, W) uint8 pixels on the host."""
-    return torch.stack([decode_opened(open_image(f, MAX_PIXELS), card.input) for f in files])
+    return stack_pixels([decode_opened(open_image(f, MAX_PIXELS), card.input) for f in files])
 
 
 def to_model_batch(

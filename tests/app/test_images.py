@@ -16,6 +16,10 @@ from app.images import (
     ImageTooLargeError,
     UnsupportedImageError,
     decode_image,
+    decode_opened,
+    normalize,
+    open_image,
+    stack_pixels,
 )
 from models import InputSpec
 
@@ -82,6 +86,26 @@ def test_multi_frame_uses_the_first_frame() -> None:
     assert float(decode_image(data, GREY_SPEC, 10**7).mean()) == pytest.approx(1.0, abs=0.01)
     tiff = encode(frames[1], "TIFF", save_all=True, append_images=[frames[0]])
     assert float(decode_image(tiff, GREY_SPEC, 10**7).mean()) == pytest.approx(0.0, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "spec", [RGB_SPEC, GREY_SPEC, GREY_SPEC.model_copy(update={"invert": True})], ids=str
+)
+def test_a_batch_is_normalised_as_each_image_alone_and_stays_channels_last(
+    spec: InputSpec,
+) -> None:
+    mode = "RGB" if spec.channels == 3 else "L"
+    blobs = [encode(noise((40 + 3 * i, 36), mode, seed=i)) for i in range(5)]
+    pixels = [decode_opened(open_image(b, 10**7), spec) for b in blobs]
+    batch = normalize(stack_pixels(pixels), spec)
+    assert batch.shape == (5, spec.channels, 28, 28) and batch.dtype == torch.float32
+    assert batch.is_contiguous(memory_format=torch.channels_last)  # no copy before the model
+    alone = torch.stack([decode_image(b, spec, 10**7) for b in blobs])
+    torch.testing.assert_close(batch, alone, rtol=0, atol=1e-6)
+    # Any layout in, the same numbers out, in that layout.
+    nchw = normalize(torch.stack(pixels), spec)
+    assert nchw.is_contiguous()
+    torch.testing.assert_close(nchw, alone, rtol=0, atol=1e-6)
 
 
 def test_large_jpeg_is_decoded_in_draft_mode_and_still_matches() -> None:
