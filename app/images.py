@@ -10,7 +10,7 @@ Order of work, each step chosen so a hostile upload costs little:
 3. JPEG only: `draft()` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is that
    much smaller, which is most of the cost of a big photo;
 4. first frame of animated GIF/WebP/multi-page TIFF;
-5. mode conversion (CMYK, 16-bit, palette, alpha over white), resize, crop, to uint8 (C, H, W);
+5. mode conversion (CMYK, 16-bit, palette, alpha over the card's background), resize, crop, to uint8 (C, H, W);
 6. stack (`stack_pixels`) and normalise (`normalize`): the service does it once per batch on
    the inference thread (and the device), `decode_image` per image for callers that want one
    float tensor.
@@ -29,8 +29,6 @@ from models.checkpoint import InputSpec
 
 # Pillow formats we accept; anything else is refused before a decoder plugin runs on it.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-# Alpha is composited onto white: uploads with transparency are usually dark ink on nothing.
-BACKGROUND = (255, 255, 255)
 
 
 class ImageError(ValueError):
@@ -93,8 +91,9 @@ def _draft_size(im: Image.Image, spec: InputSpec) -> tuple[int, int]:
     return max(out_w, int(w * scale) + 1), max(out_h, int(h * scale) + 1)
 
 
-def _to_mode(im: Image.Image, channels: int) -> Image.Image:
-    """Convert any Pillow mode to 'L' (channels 1) or 'RGB' (channels 3)."""
+def _to_mode(im: Image.Image, channels: int, background: int) -> Image.Image:
+    """Convert any Pillow mode to 'L' (channels 1) or 'RGB' (channels 3); transparent areas
+    become grey level `background` (the card's: what "nothing" looks like to the model)."""
     target = "L" if channels == 1 else "RGB"
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16/32-bit grey: Pillow's convert('L') clips at 255 instead of scaling, so scale here.
@@ -108,7 +107,7 @@ def _to_mode(im: Image.Image, channels: int) -> Image.Image:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = im.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        bg = Image.new("RGBA", rgba.size, (background,) * 3 + (255,))
         im = Image.alpha_composite(bg, rgba)
     return im if im.mode == target else im.convert(target)
 
@@ -190,7 +189,7 @@ def decode_opened(im: Image.Image, spec: InputSpec) -> torch.Tensor:
         if im.format == "JPEG":
             im.draft("L" if spec.channels == 1 else "RGB", _draft_size(im, spec))
         im.load()
-        im = _resize_crop(_to_mode(im, spec.channels), spec)
+        im = _resize_crop(_to_mode(im, spec.channels, spec.background), spec)
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(f"image too large: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:

@@ -141,6 +141,10 @@ class InputSpecInfo(_Body):
         description="Per-channel std divided by", examples=[[0.25, 0.24, 0.26]]
     )
     invert: bool = Field(description="Grey levels inverted before normalising", examples=[False])
+    background: int = Field(
+        description="Grey level (0-255) that transparent areas of an upload become",
+        examples=[255],
+    )
 
 
 class ModelInfo(_Body):

@@ -47,7 +47,16 @@ class InputSpec(BaseModel):
     mean: list[float] = Field(description="Per-channel mean subtracted after scaling to [0, 1]")
     std: list[float] = Field(description="Per-channel std divided by after subtracting the mean")
     invert: bool = Field(
-        default=False, description="Invert grey levels (MNIST digits are white on black)"
+        default=False,
+        description="Invert grey levels after scaling (for a model trained on the opposite "
+        "polarity of what users upload)",
+    )
+    background: int = Field(
+        default=255,
+        ge=0,
+        le=255,
+        description="Grey level transparent areas are composited onto: 255 (white) for photos "
+        "and dark ink on paper, 0 for light-on-dark data such as MNIST digits",
     )
 
 

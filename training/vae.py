@@ -244,7 +244,13 @@ def build_task(args: argparse.Namespace, device: torch.device, world_size: int, 
             config=config.to_dict(),
             task="generation",
             input=InputSpec(
-                channels=1, size=config.image_shape, resize=None, mean=[0.0], std=[1.0]
+                channels=1,
+                size=config.image_shape,
+                resize=None,
+                mean=[0.0],
+                std=[1.0],
+                # MNIST digits are white ink on black: a transparent canvas is black there.
+                background=0 if args.dataset == "mnist" else 255,
             ),
             dataset=dataset,
             metrics={k: v for k, v in metrics.items() if math.isfinite(v)},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +79,23 @@ def test_every_mode_is_converted(im: Image.Image, fmt: str, expect: float) -> No
     assert x.shape == (1, 28, 28)
     assert float(x.mean()) == pytest.approx(expect, abs=0.02)
     assert decode_image(encode(im, fmt), RGB_SPEC, 10**7).shape == (3, 28, 28)
+
+
+def test_transparency_becomes_the_cards_background() -> None:
+    # A white stroke on a transparent canvas, as drawing apps export a digit.
+    a = np.zeros((28, 28, 4), np.uint8)
+    a[10:18, 12:16] = 255
+    blob = encode(Image.fromarray(a, "RGBA"))
+    on_white = decode_image(blob, GREY_SPEC, 10**7)
+    on_black = decode_image(blob, GREY_SPEC.model_copy(update={"background": 0}), 10**7)
+    assert float(on_white.min()) == 1.0  # default: white paper, the stroke vanishes
+    assert float(on_black.sum()) == 8 * 4 and float(on_black.max()) == 1.0  # MNIST-like
+
+
+def test_the_shipped_mnist_card_composites_onto_black() -> None:
+    from models.checkpoint import read_card
+
+    assert read_card(Path(__file__).parents[2] / "models" / "vae-mnist").input.background == 0
 
 
 def test_multi_frame_uses_the_first_frame() -> None:

@@ -44,6 +44,7 @@ def test_vae_mnist_one_epoch_writes_metrics_and_a_loadable_checkpoint(
     assert card.metrics["test_elbo"] == pytest.approx(line["test_elbo"])
     assert card.input.channels == 1 and tuple(card.input.size) == (28, 28)
     assert card.input.mean == [0.0] and card.input.std == [1.0]
+    assert card.input.background == 0  # white ink on black: transparency becomes black
     assert card.training["epochs"] == 1 and card.training["optimizer"] == "adam"
     assert card.training["machine"]["torch"] == torch.__version__
     assert "binarised once with seed" in card.dataset.eval_split
@@ -58,6 +59,7 @@ def test_vae_frey_records_its_validation_split(tiny_frey: Path, tmp_path: Path) 
     assert main([*argv, "--epochs", "1", *FAST_VAE]) == 0
     _, card = load_checkpoint(run / "export")
     assert card.config["likelihood"] == "gaussian" and tuple(card.input.size) == (28, 20)
+    assert card.input.background == 255
     assert card.dataset.train_split.startswith("54 of 60") and "6 images" in card.dataset.eval_split
     assert "val_elbo" in card.metrics
 
