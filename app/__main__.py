@@ -3,6 +3,7 @@ exits 0 after a graceful SIGTERM shutdown."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -11,7 +12,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.logs import configure_logging
-from app.settings import Settings
+from app.settings import Settings, describe_error
 
 
 def prepare_multiprocess_dir() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
     try:
         s = Settings()
     except ValidationError as e:
-        raise SystemExit(f"invalid MODELSERVE_* settings:\n{e}") from None
+        raise SystemExit(describe_error(e)) from None
     prepare_multiprocess_dir()  # before any worker starts writing there
     # uvicorn drains in-flight requests on SIGTERM (up to the grace period), then re-raises the
     # signal so the default handler kills the process (status -15, 143 in Docker). A drained
@@ -48,7 +49,7 @@ def main() -> None:
         log_level=s.log_level.lower(),
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(s.graceful_timeout_s),
+        timeout_graceful_shutdown=math.ceil(s.graceful_timeout_s),  # uvicorn takes whole seconds
     )
 
 

@@ -96,6 +96,13 @@ def _error(r: httpx.Response) -> ModelServeError:
     return ModelServeError(r.status_code, detail, r.headers.get("x-request-id"))
 
 
+def _readiness(r: httpx.Response) -> bool:
+    """/readyz's answer -> ready or not; any status but 200 and 503 is an error of the call."""
+    if r.status_code in (200, 503):
+        return r.status_code == 200
+    raise _error(r)
+
+
 class _Calls:
     """The API as `_Call`s: shared by the sync and async clients, which only differ in I/O."""
 
@@ -267,11 +274,13 @@ class Client(_Base):
         return self._send(_Call("GET", f"/models/{name}", _model(ModelInfo)))
 
     def ready(self) -> bool:
-        """Whether /readyz answers 200 (False on 503 or no connection)."""
+        """Whether /readyz answers 200: False on 503 or no connection; `ModelServeError` on
+        anything else (401: the key is wrong), which says nothing about readiness."""
         try:
-            return self._http.get("/readyz").status_code == 200
+            r = self._http.get("/readyz")
         except httpx.TransportError:
             return False
+        return _readiness(r)
 
 
 class AsyncClient(_Base):
@@ -383,8 +392,10 @@ class AsyncClient(_Base):
         return await self._send(_Call("GET", f"/models/{name}", _model(ModelInfo)))
 
     async def ready(self) -> bool:
-        """Whether /readyz answers 200 (False on 503 or no connection)."""
+        """Whether /readyz answers 200: False on 503 or no connection; `ModelServeError` on
+        anything else (401: the key is wrong), which says nothing about readiness."""
         try:
-            return (await self._http.get("/readyz")).status_code == 200
+            r = await self._http.get("/readyz")
         except httpx.TransportError:
             return False
+        return _readiness(r)

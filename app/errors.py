@@ -14,7 +14,7 @@ from app import images
 from app.batching import DeadlineExceeded, Overloaded
 from app.logs import current_request_id
 from app.predictors import PayloadError
-from app.registry import NotReady, UnknownModel
+from app.registry import NoModel, NotReady, UnknownModel
 from app.schemas import ErrorResponse
 
 log = logging.getLogger("app.errors")
@@ -74,6 +74,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(UnknownModel)
     async def unknown_model(_: Request, e: UnknownModel) -> JSONResponse:
         return error_response(404, str(e.args[0]))
+
+    @app.exception_handler(NoModel)
+    async def no_model(_: Request, e: NoModel) -> JSONResponse:
+        return error_response(503, str(e))  # no Retry-After: retrying will not load it
 
     @app.exception_handler(NotReady)
     async def not_ready(_: Request, e: NotReady) -> JSONResponse:

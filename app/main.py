@@ -25,7 +25,7 @@ from app.metrics import Metrics
 from app.middleware import ServingMiddleware
 from app.registry import Registry
 from app.routes import classify, health, models, vae
-from app.settings import Settings
+from app.settings import Settings, describe_error
 
 log = logging.getLogger("app.main")
 
@@ -72,8 +72,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; `settings` defaults to the environment (MODELSERVE_*)."""
     settings = settings if settings is not None else Settings()
+    docs = settings.docs
     app = FastAPI(
-        title="modelserve", version=__version__, description=DESCRIPTION, lifespan=lifespan
+        title="modelserve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -97,7 +104,7 @@ def __getattr__(name: str) -> Any:
     try:
         built = create_app()
     except ValidationError as e:
-        raise SystemExit(f"invalid MODELSERVE_* settings:\n{e}") from None
+        raise SystemExit(describe_error(e)) from None
     # Here too, not only at startup: every worker process imports this module, and uvicorn
     # logs its first lines before the lifespan runs.
     configure_logging(built.state.settings.log_level, built.state.settings.log_format)

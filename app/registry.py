@@ -32,6 +32,10 @@ class UnknownModel(LookupError):
     """No loaded model of the wanted kind has this name (answered 404)."""
 
 
+class NoModel(RuntimeError):
+    """No model of the wanted kind is loaded, and none was named (answered 503)."""
+
+
 class NotReady(RuntimeError):
     """Models are still loading, or none loaded (answered 503 + Retry-After)."""
 
@@ -188,6 +192,12 @@ class Registry:
         """The loaded model `name` (default of `kind` when None) or UnknownModel."""
         self.require_ready()
         name = name or self.default_name(kind)
+        if name is None:
+            failed = "; ".join(f"{n}: {e}" for n, e in sorted(self.failed.items()))
+            raise NoModel(
+                f"no {kind} model is loaded"
+                + (f" (failed to load: {failed})" if failed else f" in {self.settings.model_dir}")
+            )
         p = self.predictors.get(name or "")
         if p is None or p.kind != kind:
             known = sorted(n for n, q in self.predictors.items() if q.kind == kind)

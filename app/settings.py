@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     open_probes: bool = Field(
         default=True, description="Keep /healthz, /readyz and /metrics open when api_key is set"
     )
+    docs: bool = Field(
+        default=True,
+        description="Serve /docs, /redoc and /openapi.json (open even with api_key: they "
+        "describe the API and hold no data; false: 404)",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -125,12 +130,30 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        if self.max_batch_size > self.max_queue:
-            raise ValueError(
-                f"max_batch_size ({self.max_batch_size}) cannot exceed max_queue ({self.max_queue})"
-            )
+        # One request's items queue together: a request bigger than the queue could never run.
+        for name in ("max_batch_size", "max_batch_images", "max_sample_n"):
+            if getattr(self, name) > self.max_queue:
+                raise ValueError(
+                    f"MODELSERVE_{name.upper()} ({getattr(self, name)}) cannot exceed "
+                    f"MODELSERVE_MAX_QUEUE ({self.max_queue})"
+                )
         return self
 
     @property
     def batch_timeout_s(self) -> float:
         return self.batch_timeout_ms / 1000.0
+
+
+SECRETS = ("api_key",)
+
+
+def describe_error(e: ValidationError) -> str:
+    """A settings error for the operator: each variable and what is wrong with it, with the
+    value given, except for secrets (a rejected API key must not reach the logs)."""
+    lines = ["invalid MODELSERVE_* settings:"]
+    for err in e.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"])
+        where = f"MODELSERVE_{field.upper()}" if field else "settings"
+        given = "" if not field or field in SECRETS else f" (given: {err.get('input')!r})"
+        lines.append(f"  {where}: {err['msg']}{given}")
+    return "\n".join(lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
@@ -130,9 +130,17 @@ async def _render(
     return Response(out.model_dump_json(), media_type=JSON, headers=headers)
 
 
+def _json_body(request: Request) -> None:
+    """415 for a body that is not JSON (FastAPI would try to validate it and answer 422)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != JSON and not content_type.endswith("+json"):
+        raise HTTPException(415, f"send a JSON body ({JSON}); got {content_type or 'no type'}")
+
+
 @router.post(
     "/decode",
     response_model=DecodeResponse,
+    dependencies=[Depends(_json_body)],
     responses=_image_responses(DecodeResponse),
     summary="Decode latent codes to images",
 )

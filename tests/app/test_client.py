@@ -93,6 +93,13 @@ def test_client_sends_the_api_key(model_dir: Path) -> None:
         assert info.value.status == 401
         ok = Client("http://testserver", transport=tc._transport, api_key="k" * 12)
         assert ok.models().models
+    closed = test_settings(model_dir, api_key="k" * 12, open_probes=False)
+    with TestClient(create_app(closed)) as tc:
+        with pytest.raises(ModelServeError) as info:  # a wrong key is not "not ready"
+            Client("http://testserver", transport=tc._transport).ready()
+        assert info.value.status == 401
+        ok = Client("http://testserver", transport=tc._transport, api_key="k" * 12)
+        assert ok.ready() in (True, False)  # loading or loaded: an answer, not an error
 
 
 async def test_async_client_against_the_asgi_app(model_dir: Path) -> None:

@@ -119,6 +119,19 @@ def test_default_falls_back_to_first_loaded_of_its_kind(tmp_path: Path) -> None:
         )
 
 
+def test_an_endpoint_whose_model_failed_to_load_says_so(tmp_path: Path) -> None:
+    make_vae(tmp_path)  # no classifier at all...
+    make_alexnet(tmp_path)
+    (tmp_path / "alexnet-cifar10" / "model.safetensors").write_bytes(b"junk")  # ...that loads
+    with TestClient(create_app(test_settings(tmp_path))) as c:
+        wait_ready(c)
+        r = c.post("/classify", files=IMAGE)
+        assert r.status_code == 503 and "retry-after" not in r.headers  # retrying cannot help
+        detail = r.json()["detail"]
+        assert detail.startswith("no classifier model is loaded (failed to load: alexnet-cifar10")
+        assert c.post("/decode", json={"z": [[0.0] * 3]}).status_code == 200  # the rest serves
+
+
 def test_api_key(model_dir: Path) -> None:
     key = "s3cret-key-123"
     with TestClient(create_app(test_settings(model_dir, api_key=key))) as c:
@@ -133,6 +146,10 @@ def test_api_key(model_dir: Path) -> None:
     with TestClient(create_app(test_settings(model_dir, api_key=key, open_probes=False))) as c:
         assert c.get("/metrics").status_code == 401
         assert c.get("/readyz", headers={"X-API-Key": key}).status_code in (200, 503)
+        assert c.get("/openapi.json").status_code == 200  # the API's description stays open...
+    with TestClient(create_app(test_settings(model_dir, api_key=key, docs=False))) as c:
+        for path in ("/docs", "/redoc", "/openapi.json"):  # ...unless switched off
+            assert c.get(path).status_code == 404
 
 
 def server_timing(r: httpx.Response) -> dict[str, float]:
@@ -254,7 +271,14 @@ def test_inference_error_is_500_with_request_id_and_service_survives(client: Tes
 
 def test_overloaded_is_503_with_retry_after_and_deadline_504(model_dir: Path) -> None:
     gate = threading.Event()
-    settings = test_settings(model_dir, max_batch_size=1, max_queue=2, request_timeout_s=1.0)
+    settings = test_settings(
+        model_dir,
+        max_batch_size=1,
+        max_queue=2,
+        max_batch_images=1,
+        max_sample_n=1,
+        request_timeout_s=1.0,
+    )
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
         patch_classifier(c, gate=gate)
@@ -292,7 +316,7 @@ def test_module_level_app_is_built_lazily_from_the_environment(
     finally:
         vars(main_module).pop("app", None)
     monkeypatch.setenv("MODELSERVE_MAX_BATCH_SIZE", "0")
-    with pytest.raises(SystemExit, match="max_batch_size"):
+    with pytest.raises(SystemExit, match="MODELSERVE_MAX_BATCH_SIZE: Input should be greater"):
         main_module.__getattr__("app")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.settings import Settings
+from app.settings import Settings, describe_error
 
 
 def test_defaults_and_env_prefix(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,7 +35,17 @@ def test_default_model_dir_is_the_repositorys_models(monkeypatch: pytest.MonkeyP
         ({"MODELSERVE_MAX_BATCH_SIZE": "0"}, "max_batch_size"),
         (
             {"MODELSERVE_MAX_BATCH_SIZE": "64", "MODELSERVE_MAX_QUEUE": "8"},
-            "cannot exceed max_queue",
+            "MAX_BATCH_SIZE .64. cannot exceed MODELSERVE_MAX_QUEUE .8.",
+        ),
+        # One request's items queue together: a queue smaller than the largest request would
+        # answer that request 503 "overloaded" on an idle server, forever.
+        (
+            {"MODELSERVE_MAX_BATCH_SIZE": "8", "MODELSERVE_MAX_QUEUE": "32"},
+            "MAX_BATCH_IMAGES .64. cannot exceed MODELSERVE_MAX_QUEUE .32.",
+        ),
+        (
+            {"MODELSERVE_MAX_BATCH_IMAGES": "16", "MODELSERVE_MAX_QUEUE": "32"},
+            "MAX_SAMPLE_N .64. cannot exceed MODELSERVE_MAX_QUEUE .32.",
         ),
         ({"MODELSERVE_BATCH_TIMEOUT_MS": "-1"}, "batch_timeout_ms"),
         ({"MODELSERVE_PORT": "70000"}, "port"),
@@ -52,3 +62,17 @@ def test_invalid_settings_fail_with_a_clear_message(
         monkeypatch.setenv(k, v)
     with pytest.raises(ValidationError, match=words):
         Settings()
+
+
+def test_the_startup_message_names_each_variable_and_never_prints_the_key(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELSERVE_MODEL_DIR", str(model_dir))
+    monkeypatch.setenv("MODELSERVE_API_KEY", "hunter2")  # too short, and a secret
+    monkeypatch.setenv("MODELSERVE_PORT", "http")
+    with pytest.raises(ValidationError) as e:
+        Settings()
+    message = describe_error(e.value)
+    assert "MODELSERVE_API_KEY: Value error, api_key must be at least 8 characters" in message
+    assert "MODELSERVE_PORT:" in message and "'http'" in message  # other values are shown
+    assert "hunter2" not in message

@@ -23,6 +23,7 @@ def test_models_lists_every_loaded_model_with_its_card(client: TestClient) -> No
         "mean": [0.5] * 3,
         "std": [0.25] * 3,
         "invert": False,
+        "background": 255,
     }
     assert (
         vae["kind"] == "vae" and vae["dataset"]["name"] == "MNIST" and vae["config"]["latent"] == 3

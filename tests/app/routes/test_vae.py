@@ -160,6 +160,22 @@ def test_decode_non_finite_is_422(client: TestClient, value: str) -> None:
     assert r.status_code == 422 and "finite" in r.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [{"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}, {}],
+)
+def test_decode_body_not_json_is_415(client: TestClient, headers: dict[str, str]) -> None:
+    # curl -d without -H 'Content-Type: application/json' sends form-urlencoded
+    r = client.post("/decode", content=json.dumps({"z": [[0.0] * LATENT]}), headers=headers)
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
+
+
+def test_decode_json_with_a_charset_is_json(client: TestClient) -> None:
+    body = json.dumps({"z": [[0.0] * LATENT]})
+    headers = {"content-type": "application/json; charset=utf-8", "accept": "application/json"}
+    assert client.post("/decode", content=body, headers=headers).status_code == 200
+
+
 def test_decode_too_many_rows_is_413(client: TestClient) -> None:
     r = client.post("/decode", json={"z": [[0.0] * LATENT] * 65})
     assert r.status_code == 413
