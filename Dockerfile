@@ -64,10 +64,13 @@ COPY --from=builder /opt/venv /opt/venv
 USER 10001:10001
 ENV MODELSERVE_LOG_FORMAT=json
 EXPOSE 8000
-# /readyz answers 200 only once every model is loaded and warmed; urlopen raises on 503.
-# python rather than curl: curl is not in the slim image.
+# /readyz is 503 while the models load and warm up, 200 once done with at least one loaded;
+# urlopen raises (exit 1) on any error status or a refused connection. The check reads the
+# container's own settings: the port from MODELSERVE_PORT, and the X-API-Key header whenever
+# MODELSERVE_API_KEY is set (needed with MODELSERVE_OPEN_PROBES=false, ignored otherwise).
+# python rather than curl: curl is not in the slim image. docker-compose.yml has the same test.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request as r; k = os.environ.get('MODELSERVE_API_KEY', ''); r.urlopen(r.Request('http://127.0.0.1:%s/readyz' % (os.environ.get('MODELSERVE_PORT') or 8000), headers={'X-API-Key': k} if k.strip() else {}), timeout=4)"]
 # python -m app drains in-flight requests on SIGTERM and exits 0 (bare uvicorn exits 143)
 ENV MODELSERVE_HOST=0.0.0.0 MODELSERVE_PORT=8000
 CMD ["python", "-m", "app"]

@@ -2,14 +2,22 @@
 
 No Docker engine runs in CI, so these parse the files and check what `docker compose up` relies
 on: the services and their ports, healthchecks, profiles, the GPU reservation, a read-only
-non-root API, and that every path the build copies or compose mounts exists in the repo.
+non-root API, that every path the build copies or compose mounts exists in the repo, and that
+nothing git ignores reaches the build context. The healthcheck's Python one-liner is also run
+(with this interpreter) against a stub server, to show it follows MODELSERVE_PORT and the key.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +118,26 @@ def resolve_host_path(spec: str) -> tuple[Path, str | None]:
         return (ROOT / m["default"]).resolve(), m["var"]
     assert "$" not in spec, f"mount {spec!r}: a variable needs a default (${{VAR:-default}})"
     return (ROOT / spec).resolve(), None
+
+
+def gitignore_samples(patterns: list[str], packages: list[str]) -> list[str]:
+    """A path each .gitignore pattern ignores, wherever git would apply it in the build context.
+
+    An unanchored pattern (no `/` but a trailing one) matches at any depth, so it is tried at
+    the root and inside each package the image copies; `*` becomes a sample name. A directory
+    pattern also yields a file inside it, so that no later `!` can bring its contents back.
+    """
+    out: list[str] = []
+    for pattern in patterns:
+        assert not pattern.startswith("!"), f".gitignore {pattern!r}: negation not handled here"
+        assert not set(pattern) & set("?[\\"), f".gitignore {pattern!r}: not handled here"
+        directory = pattern.endswith("/")
+        core = pattern.strip("/")
+        sample = core.replace("**", "x").replace("*", "x")
+        anchored = pattern.startswith("/") or "/" in core
+        paths = [sample] if anchored else [sample, *(f"{pkg}/{sample}" for pkg in packages)]
+        out += paths + ([f"{p}/model.safetensors" for p in paths] if directory else [])
+    return out
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -301,6 +329,122 @@ def test_shipped_models_are_package_data() -> None:
     assert re.search(r'^models = \[.*"\*/\*\.safetensors".*\]', pyproject, re.MULTILINE)
 
 
+# --- healthcheck ------------------------------------------------------------------------------
+
+
+def dockerfile_healthcheck(instructions: list[tuple[str, str]]) -> list[str]:
+    """The runtime stage's HEALTHCHECK command, exec form (JSON)."""
+    (args,) = [a for k, a in stages(instructions)["runtime"] if k == "HEALTHCHECK"]
+    options, cmd, command = args.partition("CMD ")
+    assert cmd and all(o.startswith("--") for o in options.split()), args
+    # Docker falls back to the shell form, silently, when the JSON does not parse.
+    parsed = json.loads(command)
+    assert isinstance(parsed, list)
+    return [str(a) for a in parsed]
+
+
+def test_compose_healthcheck_is_the_dockerfiles(
+    services: dict[str, Any], dockerfile: list[tuple[str, str]]
+) -> None:
+    """One check in two places: they must not drift apart."""
+    test = services["api"]["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1:] == dockerfile_healthcheck(dockerfile)
+    # compose would fill `$VAR` in from the host's environment, not the container's.
+    assert not any("$" in str(a) for a in test)
+
+
+def test_healthcheck_reads_port_and_key_from_the_containers_settings(
+    dockerfile: list[tuple[str, str]],
+) -> None:
+    from app.deps import api_key_header
+    from app.settings import Settings
+
+    command = " ".join(dockerfile_healthcheck(dockerfile))
+    assert command.startswith("python -c ") and "curl" not in command  # not in the slim image
+    assert "/readyz" in command
+    assert "MODELSERVE_PORT" in command and "MODELSERVE_API_KEY" in command
+    assert {"port", "api_key"} <= set(Settings.model_fields)
+    assert f"'{api_key_header.model.name}'" in command  # the header the app checks
+    assert ":8000/" not in command  # the port is never fixed; 8000 only as the default
+
+
+class StubServer(ThreadingHTTPServer):
+    """Answers GET /readyz with `status`, or 401 when `key` is set and not sent (as the app does
+    with MODELSERVE_OPEN_PROBES=false); records each request's path and headers."""
+
+    status = 200
+    key: str | None = None
+    seen: list[dict[str, str]]
+
+
+class StubHandler(BaseHTTPRequestHandler):
+    server: StubServer
+
+    def do_GET(self) -> None:
+        headers = {k.lower(): v for k, v in self.headers.items()}  # urllib sends X-api-key
+        self.server.seen.append({"path": self.path, **headers})
+        status = self.server.status if self.path == "/readyz" else 404
+        if self.server.key is not None and self.headers.get("X-API-Key") != self.server.key:
+            status = 401
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def stub() -> Iterator[StubServer]:
+    server = StubServer(("127.0.0.1", 0), StubHandler)
+    server.seen = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_healthcheck(command: list[str], **env: str) -> int:
+    """Exit status of the healthcheck run here with `env` as the container's MODELSERVE_*."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MODELSERVE_")}
+    argv = [sys.executable, *command[1:]] if command[0] == "python" else command
+    return subprocess.run(argv, env={**base, **env}, timeout=30).returncode
+
+
+@pytest.mark.parametrize(
+    ("status", "server_key", "env_key", "healthy"),
+    [
+        (200, None, None, True),  # open probes, no key configured
+        (503, None, None, False),  # still loading, or no model could be loaded
+        (200, None, "k" * 12, True),  # key set, probes open: the header is sent and ignored
+        (200, "k" * 12, "k" * 12, True),  # MODELSERVE_OPEN_PROBES=false: the key gets it in
+        (200, "k" * 12, None, False),  # closed probes and no key: 401
+        (200, None, "", True),  # MODELSERVE_API_KEY="" means no key (Settings drops it)
+    ],
+)
+def test_healthcheck_probes_configured_port_with_key(
+    dockerfile: list[tuple[str, str]],
+    stub: StubServer,
+    status: int,
+    server_key: str | None,
+    env_key: str | None,
+    healthy: bool,
+) -> None:
+    stub.status, stub.key = status, server_key
+    env = {"MODELSERVE_PORT": str(stub.server_address[1])}
+    if env_key is not None:
+        env["MODELSERVE_API_KEY"] = env_key
+    rc = run_healthcheck(dockerfile_healthcheck(dockerfile), **env)
+    assert (rc == 0) is healthy
+    assert rc in (0, 1)  # Docker reserves 2
+    (request,) = stub.seen
+    assert request["path"] == "/readyz"
+    assert request.get("x-api-key") == (env_key or None)
+
+
 # --- .dockerignore ----------------------------------------------------------------------------
 
 
@@ -317,6 +461,34 @@ def test_dockerignore_keeps_in(ignore_patterns: list[str], path: str) -> None:
     assert not dockerignore_excludes(ignore_patterns, path)
 
 
+def test_dockerignore_keeps_out_everything_git_ignores(
+    ignore_patterns: list[str], dockerfile: list[tuple[str, str]]
+) -> None:
+    """Git-ignored outputs (the 233 MB torchvision AlexNet in models/alexnet-imagenet/, stray
+    runs/ or data/ folders) must not be baked in by `COPY models/` and the like."""
+    packages = [
+        src.rstrip("/")
+        for k, a in dockerfile
+        if k == "COPY"
+        for src in copy_sources(a) or []
+        if (ROOT / src).is_dir()
+    ]
+    assert {"app", "models", "training"} <= set(packages)
+    lines = (ROOT / ".gitignore").read_text().splitlines()
+    patterns = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    samples = gitignore_samples(patterns, packages)
+    assert "models/alexnet-imagenet/model.safetensors" in samples
+    leaked = [p for p in samples if not dockerignore_excludes(ignore_patterns, p)]
+    assert leaked == [], f"git-ignored but in the build context: {leaked}"
+
+
+@pytest.mark.parametrize("name", ["alexnet-cifar10", "vae-frey", "vae-mnist"])
+def test_dockerignore_keeps_shipped_checkpoints_in(ignore_patterns: list[str], name: str) -> None:
+    for file in ("config.json", "model.safetensors"):
+        assert (ROOT / "models" / name / file).is_file()
+        assert not dockerignore_excludes(ignore_patterns, f"models/{name}/{file}")
+
+
 def test_dockerignore_matcher_follows_docker_rules() -> None:
     """The matcher above is what the two tests rely on; check it on Docker's documented cases."""
     assert dockerignore_excludes(["*", "!app/"], "runs/x")
@@ -324,6 +496,9 @@ def test_dockerignore_matcher_follows_docker_rules() -> None:
     assert dockerignore_excludes(["**/__pycache__"], "app/routes/__pycache__/a.pyc")
     assert not dockerignore_excludes(["*.md", "!README.md"], "README.md")
     assert not dockerignore_excludes(["data"], "app/data")  # anchored at the context root
+    assert dockerignore_excludes(["**/data"], "data")  # `**/` matches no folder too
+    assert dockerignore_excludes(["**/data"], "models/data")
+    assert dockerignore_excludes(["*", "!models/", "models/big/"], "models/big/w.safetensors")
 
 
 # --- deploy/prometheus.yml --------------------------------------------------------------------
