@@ -74,9 +74,15 @@ class ServingMiddleware:
             await send(message)
 
         received = 0
+        length = headers.get("content-length", "")
+        declared_over = length.isdigit() and int(length) > self.max_body
 
         async def receive_limited() -> Message:
             nonlocal received
+            # Refused from Content-Length before a byte is read, but inside the app, so the
+            # router has named the route (metrics) and the handlers answer as for the others.
+            if declared_over:
+                raise BodyTooLarge(self.max_body)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -86,13 +92,7 @@ class ServingMiddleware:
 
         self.metrics.in_flight.inc()
         try:
-            length = headers.get("content-length", "")
-            if length.isdigit() and int(length) > self.max_body:
-                await error_response(413, BodyTooLarge(self.max_body).detail)(
-                    scope, receive, send_wrapper
-                )
-            else:
-                await self.app(scope, receive_limited, send_wrapper)
+            await self.app(scope, receive_limited, send_wrapper)
         except BodyTooLarge as e:
             if not started:
                 await error_response(413, e.detail)(scope, receive, send_wrapper)

@@ -219,6 +219,10 @@ def test_upload_over_limit_is_413(model_dir: Path) -> None:
         r = c.post("/encode", content=chunks(), headers={"content-type": "application/json"})
         assert r.status_code == 413
         assert c.post("/classify", files=IMAGE).status_code == 200
+        # Both refusals are counted under their route, the one refused before routing too.
+        metrics = c.get("/metrics").text
+        for route in ("/classify", "/encode"):
+            assert f'route="{route}",status="413"' in metrics.replace('method="POST",', "")
 
 
 def test_decompression_bomb_is_413(client: TestClient) -> None:
