@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from models.registry import build_model
@@ -127,7 +127,10 @@ def save_checkpoint(directory: str | Path, model: nn.Module, card: ModelCard) ->
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = directory / WEIGHTS_FILE
-    save_file(state, str(weights), metadata={"format": "pt", "name": card.name})
+    # safetensors' own save_file creates the file 0600 whatever the umask, so a checkpoint
+    # trained by one user (or container) could not be served by another; written by Python, the
+    # file gets the usual permissions (0644 under the common umask), like config.json.
+    weights.write_bytes(save(state, metadata={"format": "pt", "name": card.name}))
     card = card.model_copy(
         update={
             "weights_sha256": sha256_file(weights),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,18 @@ def test_round_trip_gives_identical_outputs(saved: tuple[Path, AlexNet]) -> None
     assert card.created_at and card.code_version
     assert card.labels == ["a", "b", "c"] and card.metrics == {"val_top1_error": 0.5}
     assert read_card(directory) == card
+
+
+def test_files_get_the_umasks_permissions(tmp_path: Path) -> None:
+    # Another user (the container's) must be able to serve what training wrote: safetensors'
+    # save_file alone makes the weights 0600.
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "ckpt", AlexNet(TINY_ALEXNET), _alexnet_card(TINY_ALEXNET))
+    finally:
+        os.umask(old)
+    for name in (WEIGHTS_FILE, "config.json"):
+        assert stat.S_IMODE((tmp_path / "ckpt" / name).stat().st_mode) == 0o644, name
 
 
 def test_vae_round_trip(tmp_path: Path) -> None:
