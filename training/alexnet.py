@@ -398,11 +398,15 @@ def evaluate_checkpoint(args: argparse.Namespace) -> ModelCard:
     _, va = split_indices(total, n_val, seed)
     if t.get("preset", "alexnet-small") == "alexnet-small":
         x, labels = data.images[va], data.labels[va]
-        scores = predict_small(model, x, mean, std, crop, args.ten_crop, args.batch_size)
+        scores = predict_small(
+            model, x, mean, std, crop, args.ten_crop, args.batch_size, progress=progress
+        )
     else:
         loader = DataLoader(
             Subset(folder, va.tolist()), batch_size=args.batch_size, num_workers=args.workers
         )
-        scores, labels = predict_loader(model, loader, mean, std, crop, args.ten_crop)
+        scores, labels = predict_loader(
+            model, loader, mean, std, crop, args.ten_crop, progress=progress
+        )
     metrics = val_errors(scores, labels, "_tencrop" if args.ten_crop else "")
     return update_card(args.checkpoint, card, metrics)

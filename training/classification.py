@@ -35,12 +35,16 @@ def predict_small(
     crop: int,
     use_ten_crop: bool = False,
     batch_size: int = 500,
+    progress: bool = False,
 ) -> Tensor:
     """Softmax probabilities (N, C) for uint8 images (N, 3, H, W): centre crop or ten-crop mean."""
+    from tqdm import tqdm
+
     p = next(model.parameters())
     mean, std = mean.to(p.device), std.to(p.device)
     out = []
-    for i in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for i in tqdm(starts, desc="predict", unit="batch", disable=not progress, leave=False):
         x = images[i : i + batch_size].to(p.device).float().div_(255)
         views = ten_crop(x, crop) if use_ten_crop else center_crop(x, crop)[None]  # (V, B, 3, c, c)
         v, b = views.shape[:2]
@@ -57,10 +61,13 @@ def predict_loader(
     std: Tensor,
     crop: int,
     use_ten_crop: bool = False,
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Softmax probabilities (N, C) and labels (N,) over a loader of (uint8 images, labels)."""
+    from tqdm import tqdm
+
     scores, labels = [], []
-    for x, y in loader:
+    for x, y in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
         scores.append(predict_small(model, x, mean, std, crop, use_ten_crop, batch_size=len(x)))
         labels.append(y)
     return torch.cat(scores), torch.cat(labels)

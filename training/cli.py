@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("src", type=Path, help="ImageFolder root: one folder of images per class")
     p.add_argument("out", type=Path, help="the pack file to write")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p = sub.add_parser(
         "figure2",
         help="reproduce the AEVB paper's Figure 2 (MNIST lower bound per latent size) as a table",
@@ -216,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "pack-imagefolder":
-        n = write_pack(args.src, args.out)
+        n = write_pack(args.src, args.out, progress=args.progress and sys.stderr.isatty())
         print(f"packed {n} images into {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)")
         return 0
     if args.command == "figure2":

@@ -140,6 +140,17 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
+def _trim_metrics(path: Path, keep_epochs: int) -> None:
+    """Keep the lines of the first `keep_epochs` epochs of a run directory's metrics.jsonl:
+    all of them on resume, none on a fresh start, so the curves never mix two runs."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(
+        "".join(ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] <= keep_epochs)
+    )
+
+
 def build_optimizer(params: Iterable[nn.Parameter], opts: LoopOptions) -> torch.optim.Optimizer:
     """Adam, Adagrad or SGD with momentum, from the options."""
     if opts.optimizer == "adam":
@@ -163,7 +174,11 @@ def build_scheduler(
     """A learning-rate schedule stepped once per batch, over the whole run."""
     total = max(1, opts.epochs * steps_per_epoch)
     if opts.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=opts.lr, total_steps=total)
+        # The learning rate only: OneCycleLR's default also cycles SGD's momentum (0.95 -> 0.85
+        # -> 0.95), overriding --momentum, and fails outright on Adagrad, which has none.
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=opts.lr, total_steps=total, cycle_momentum=False
+        )
     if opts.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if opts.schedule == "step":  # x0.1 at half and three quarters of the run
@@ -295,6 +310,7 @@ def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> 
 
     if info.is_main:
         opts.run_dir.mkdir(parents=True, exist_ok=True)
+        _trim_metrics(opts.run_dir / "metrics.jsonl", start_epoch)
     key, larger_better = task.best_metric
     settings = {
         "epochs": opts.epochs,

@@ -41,14 +41,17 @@ def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, items
 
 
-def write_pack(src: Path, out: Path) -> int:
+def write_pack(src: Path, out: Path, progress: bool = False) -> int:
     """Pack an ImageFolder tree's files (raw bytes, ImageFolder order) into one file; returns N.
 
     Layout: magic b"IMGPACK1", 8-byte little-endian header length, UTF-8 JSON header
     {classes, labels, offsets, lengths, names}, then the concatenated file bytes. No pickle.
     """
+    from tqdm import tqdm
+
     classes, items = list_image_folder(src)
-    blobs = [p.read_bytes() for p, _ in items]
+    files = tqdm(items, desc="read", unit="file", disable=not progress, leave=False)
+    blobs = [p.read_bytes() for p, _ in files]
     offsets, pos = [], 0
     for b in blobs:
         offsets.append(pos)

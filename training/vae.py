@@ -161,7 +161,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> ModelCard:
         "seed": args.seed,
         "estimator": "importance sampling, q(z|x) proposal",
     }
-    return update_card(args.checkpoint, card, metrics, log_px_evaluation=note)
+    # Beside its metrics: a --limit run must not overwrite the full evaluation's description.
+    return update_card(args.checkpoint, card, metrics, **{f"log_px_evaluation{suffix}": note})
 
 
 @torch.no_grad()

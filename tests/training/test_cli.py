@@ -79,6 +79,15 @@ def test_resume_continues_exactly_where_the_run_stopped(tiny_mnist: Path, tmp_pa
     assert state["epoch"] == 2
 
 
+def test_a_fresh_run_in_a_used_run_dir_starts_its_curves_afresh(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    base = ["vae", "--data-dir", str(tiny_mnist), *FAST_VAE, "--run-dir", str(tmp_path / "run")]
+    assert main([*base, "--epochs", "2"]) == 0
+    assert main([*base, "--epochs", "1", "--seed", "1"]) == 0  # not --resume: a new run
+    assert [m["epoch"] for m in _metrics(tmp_path / "run")] == [1]
+
+
 def test_alexnet_small_trains_on_an_imagefolder_tree(
     tiny_imagefolder: Path, tmp_path: Path
 ) -> None:

@@ -30,7 +30,8 @@ def test_importance_sampled_log_px_is_above_the_elbo(tiny_mnist: Path, tmp_path:
     assert (run / "export" / "model.safetensors").read_bytes() == before
     m = card.metrics
     assert m["test_log_px_first40"] > m["test_elbo_first40"]
-    assert card.training["log_px_evaluation"]["k"] == 64
+    assert card.training["log_px_evaluation_first40"]["k"] == 64  # beside its own metrics
+    assert "log_px_evaluation" not in card.training  # the full evaluation's, untouched
     # per image, averaged over several ELBO samples: the IS estimate is the tighter bound
     x = binarize_fixed(torch.randint(0, 256, (30, 28, 28), dtype=torch.uint8))
     elbo = sum(evaluate_elbo(model, x, seed=s) for s in range(5)) / 5.0

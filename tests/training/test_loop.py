@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -85,3 +86,24 @@ def test_device_auto_is_cpu_without_cuda() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert select_device("auto").type == expected
     assert select_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
+def test_onecycle_schedules_the_learning_rate_and_leaves_momentum_alone(
+    tmp_path: Path, optimizer: str
+) -> None:
+    opts = LoopOptions(
+        run_dir=tmp_path, epochs=2, optimizer=optimizer, lr=0.02, momentum=0.9, schedule="onecycle"
+    )
+    param = torch.nn.Parameter(torch.zeros(3))
+    opt = build_optimizer([param], opts)
+    sched = build_scheduler(opt, opts, steps_per_epoch=10)
+    lrs, momenta = [], []
+    for _ in range(20):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        momenta.append(opt.param_groups[0].get("momentum"))
+    assert max(lrs) > 10 * min(lrs)  # the one cycle of the learning rate
+    if optimizer == "sgd":
+        assert set(momenta) == {0.9}  # --momentum as given, as in the paper
