@@ -286,6 +286,18 @@ def _eval_image_folder(root: Path, size: int) -> Any:
     return ImageFolder(str(root), T.Compose([T.Resize(size), T.CenterCrop(size), T.PILToTensor()]))
 
 
+def _full_image_folder(source: Path, dataset: str) -> Path:
+    """The ImageFolder root the full preset reads; packs are for the small preset only (they
+    are decoded whole into memory, which ImageNet-sized data does not fit)."""
+    root = resolve_image_source(source, dataset)
+    if root.is_file():
+        raise DataError(
+            f"{root} is a pack file: the full preset reads an ImageFolder tree (--data-dir "
+            "DIR with one folder per class); packs serve --preset alexnet-small"
+        )
+    return root
+
+
 def _build_full_task(
     args: argparse.Namespace, device: torch.device, world_size: int, rank: int, progress: bool
 ) -> Task:
@@ -294,7 +306,7 @@ def _build_full_task(
     from torchvision.datasets import ImageFolder
 
     size, crop = FULL["size"], FULL["crop"]
-    root = resolve_image_source(Path(args.data_dir), args.dataset)
+    root = _full_image_folder(args.packed or Path(args.data_dir), args.dataset)
     train_tf = T.Compose(
         [T.Resize(size), T.RandomCrop(crop), T.RandomHorizontalFlip(), T.PILToTensor()]
     )
@@ -388,7 +400,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> ModelCard:
         )
         classes, n = data.classes, len(data.labels)
     else:
-        folder = _eval_image_folder(resolve_image_source(source, name), size)
+        folder = _eval_image_folder(_full_image_folder(source, name), size)
         classes, n = folder.classes, len(folder)
     if n != total or classes != card.labels:
         raise DataError(

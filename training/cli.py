@@ -102,6 +102,13 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--compile", action="store_true", help="torch.compile the model (slow start, faster steps)"
     )
+    g.add_argument(
+        "--no-amp",
+        dest="amp",
+        action="store_false",
+        help="train in full fp32 on a GPU too (default: bf16 autocast on CUDA, as the card "
+        "records; the CPU always trains in fp32)",
+    )
 
 
 def _add_eval_arguments(p: argparse.ArgumentParser, data: str) -> None:
@@ -197,6 +204,7 @@ def _loop_options(args: argparse.Namespace) -> LoopOptions:
         clip_grad=args.clip_grad,
         device=args.device,
         compile=args.compile,
+        amp=args.amp,
         progress=args.progress,
         resume=args.resume,
         export=args.export,

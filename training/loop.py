@@ -80,6 +80,7 @@ class LoopOptions:
     clip_grad: float | None = None
     device: str = "auto"
     compile: bool = False
+    amp: bool = True  # bf16 autocast on CUDA
     progress: bool = True
     resume: bool = False
     export: Path | None = None
@@ -133,9 +134,9 @@ def setup_distributed(device_name: str = "auto") -> tuple[torch.device, DistInfo
     return device, info
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 on CPU."""
-    if device.type == "cuda":
+    if device.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -215,7 +216,7 @@ def train(
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # (loss * n, n)
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{opts.epochs}", disable=not show_progress)
     for i, batch in enumerate(bar):
-        with autocast(device):
+        with autocast(device, opts.amp):
             loss, n = step_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -323,7 +324,7 @@ def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> 
         "weight_decay": opts.weight_decay,
         "schedule": opts.schedule,
         "clip_grad": opts.clip_grad,
-        "bf16_autocast": device.type == "cuda",
+        "bf16_autocast": device.type == "cuda" and opts.amp,
         "compile": opts.compile,
         "seed": opts.seed,
         "machine": machine_info(device, info.world_size),

@@ -110,6 +110,16 @@ def test_alexnet_small_trains_on_an_imagefolder_tree(
     assert out.shape == (2, 3)
 
 
+def test_the_full_preset_refuses_a_pack_with_a_message(
+    tiny_imagefolder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pack = tmp_path / "tiny.pack"
+    assert main(["pack-imagefolder", str(tiny_imagefolder), str(pack), "--no-progress"]) == 0
+    argv = ["alexnet", "--preset", "alexnet", "--packed", str(pack), "--run-dir", str(tmp_path)]
+    assert main([*argv, "--epochs", "1", *FAST_ALEX]) != 0
+    assert "is a pack file: the full preset reads an ImageFolder tree" in capsys.readouterr().err
+
+
 def test_figure2_tables_run_points_and_marks_the_rest(tiny_mnist: Path, tmp_path: Path) -> None:
     out, runs = tmp_path / "docs", tmp_path / "runs"
     argv = ["figure2", "--data-dir", str(tiny_mnist), "--latents", "3", "--epochs", "1"]

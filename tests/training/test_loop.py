@@ -107,3 +107,15 @@ def test_onecycle_schedules_the_learning_rate_and_leaves_momentum_alone(
     assert max(lrs) > 10 * min(lrs)  # the one cycle of the learning rate
     if optimizer == "sgd":
         assert set(momenta) == {0.9}  # --momentum as given, as in the paper
+
+
+def test_no_amp_trains_in_fp32_on_cuda_too() -> None:
+    import contextlib
+
+    from training.loop import autocast
+
+    cuda = torch.device("cuda")
+    assert isinstance(autocast(cuda, enabled=False), contextlib.nullcontext)
+    assert isinstance(autocast(torch.device("cpu")), contextlib.nullcontext)
+    with pytest.warns(UserWarning) if not torch.cuda.is_available() else contextlib.nullcontext():
+        assert isinstance(autocast(cuda), torch.autocast)  # the default on a GPU: bf16
