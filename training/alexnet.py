@@ -399,6 +399,16 @@ def evaluate_checkpoint(args: argparse.Namespace) -> ModelCard:
             progress=progress,
         )
         classes, n = data.classes, len(data.labels)
+        # torchvision's CIFAR10 holds the same images as the JPEG tree (and a pack of it) in
+        # another order: the seeded split would pick other images, many of them trained on.
+        tv = "torchvision CIFAR10"
+        if (tv in card.dataset.train_split) != (data.source == tv):
+            raise DataError(
+                f"{source} gives {data.source}, but the checkpoint's split was drawn from "
+                f"{card.dataset.train_split!r}: the images are in another order there, so the "
+                "held-out indices would pick other images; point --data-dir at the same kind of "
+                "source (an ImageFolder tree or its pack, or cifar-10-batches-py)"
+            )
     else:
         folder = _eval_image_folder(_full_image_folder(source, name), size)
         classes, n = folder.classes, len(folder)

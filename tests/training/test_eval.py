@@ -67,6 +67,23 @@ def test_eval_alexnet_refuses_other_data(
     assert json.loads((run / "export" / "config.json").read_text())["metrics"]["val_top1_err"] >= 0
 
 
+def test_eval_alexnet_refuses_the_same_images_in_another_order(
+    tiny_imagefolder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A card whose split was drawn from torchvision's CIFAR10 arrays, evaluated on the JPEG
+    # tree: same count and classes, other order, so other held-out images.
+    run = tmp_path / "run"
+    argv = ["alexnet", "--data-dir", str(tiny_imagefolder), "--run-dir", str(run), "--epochs", "1"]
+    assert main([*argv, "--val-size", "6", "--batch-size", "6", "--no-progress"]) == 0
+    path = run / "export" / "config.json"
+    card = json.loads(path.read_text())
+    card["dataset"]["train_split"] = "18 of 24 training images (torchvision CIFAR10)"
+    path.write_text(json.dumps(card))
+    ev = ["eval-alexnet", str(run / "export"), "--data-dir", str(tiny_imagefolder), "--no-progress"]
+    assert main(ev) == 2
+    assert "the images are in another order there" in capsys.readouterr().err
+
+
 def test_confusion_matrix_counts_true_rows_against_predicted_columns() -> None:
     scores = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.0, 0.1, 0.9]])
     labels = torch.tensor([0, 1, 2, 2])
