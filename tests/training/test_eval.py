@@ -38,10 +38,16 @@ def test_importance_sampled_log_px_is_above_the_elbo(tiny_mnist: Path, tmp_path:
     assert importance_log_px(model, x, k=64).mean().item() > elbo
 
 
-def test_eval_alexnet_writes_errors_and_ten_crop(tiny_imagefolder: Path, tmp_path: Path) -> None:
+def _train_tiny_alexnet(data: Path, tmp_path: Path) -> Path:
+    """One epoch of the small preset on `data` (6 images held out); the run directory."""
     run = tmp_path / "run"
-    argv = ["alexnet", "--data-dir", str(tiny_imagefolder), "--run-dir", str(run), "--epochs", "1"]
+    argv = ["alexnet", "--data-dir", str(data), "--run-dir", str(run), "--epochs", "1"]
     assert main([*argv, "--val-size", "6", "--batch-size", "6", "--no-progress"]) == 0
+    return run
+
+
+def test_eval_alexnet_writes_errors_and_ten_crop(tiny_imagefolder: Path, tmp_path: Path) -> None:
+    run = _train_tiny_alexnet(tiny_imagefolder, tmp_path)
     trained = read_card(run / "export").metrics["val_top1_err"]
     ev = ["eval-alexnet", str(run / "export"), "--data-dir", str(tiny_imagefolder), "--no-progress"]
     assert main(ev) == 0
@@ -57,9 +63,7 @@ def test_eval_alexnet_writes_errors_and_ten_crop(tiny_imagefolder: Path, tmp_pat
 def test_eval_alexnet_refuses_other_data(
     tiny_imagefolder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = tmp_path / "run"
-    argv = ["alexnet", "--data-dir", str(tiny_imagefolder), "--run-dir", str(run), "--epochs", "1"]
-    assert main([*argv, "--val-size", "6", "--batch-size", "6", "--no-progress"]) == 0
+    run = _train_tiny_alexnet(tiny_imagefolder, tmp_path)
     next(tiny_imagefolder.glob("ship/*.jpg")).unlink()
     ev = ["eval-alexnet", str(run / "export"), "--data-dir", str(tiny_imagefolder), "--no-progress"]
     assert main(ev) == 2
@@ -72,9 +76,7 @@ def test_eval_alexnet_refuses_the_same_images_in_another_order(
 ) -> None:
     # A card whose split was drawn from torchvision's CIFAR10 arrays, evaluated on the JPEG
     # tree: same count and classes, other order, so other held-out images.
-    run = tmp_path / "run"
-    argv = ["alexnet", "--data-dir", str(tiny_imagefolder), "--run-dir", str(run), "--epochs", "1"]
-    assert main([*argv, "--val-size", "6", "--batch-size", "6", "--no-progress"]) == 0
+    run = _train_tiny_alexnet(tiny_imagefolder, tmp_path)
     path = run / "export" / "config.json"
     card = json.loads(path.read_text())
     card["dataset"]["train_split"] = "18 of 24 training images (torchvision CIFAR10)"
