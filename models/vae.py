@@ -37,6 +37,9 @@ class VAEConfig:
     # Floor on the Gaussian decoder's log-variance, keeps the likelihood bounded on data
     # with near-constant pixels (Frey Face); ignored for Bernoulli.
     min_log_var: float = -8.0
+    # "default": PyTorch's Linear init (uniform, scaled by fan-in); "paper": every parameter
+    # drawn from N(0, 0.01^2), as in the paper's experiments (section 5).
+    init: Literal["default", "paper"] = "default"
 
     def __post_init__(self) -> None:
         self.image_shape = tuple(int(s) for s in self.image_shape)  # type: ignore[assignment]
@@ -46,6 +49,8 @@ class VAEConfig:
             )
         if self.hidden < 1 or self.latent < 1 or self.depth < 1:
             raise ValueError("hidden, latent and depth must be positive")
+        if self.init not in ("default", "paper"):
+            raise ValueError(f"init must be 'default' or 'paper', got {self.init!r}")
 
     @property
     def input_dim(self) -> int:
@@ -89,6 +94,9 @@ class VAE(nn.Module):
         self.decoder = _mlp(z, h, config.depth)
         self.dec_out = nn.Linear(h, d)  # Bernoulli logits, or Gaussian mean pre-sigmoid
         self.dec_log_var = nn.Linear(h, d) if config.likelihood == "gaussian" else None
+        if config.init == "paper":
+            for p in self.parameters():
+                nn.init.normal_(p, 0.0, 0.01)
 
     # --- recognition model q(z|x) ---------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -79,6 +79,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="hidden layers in encoder and decoder (1 = the paper; default: 1)",
     )
     p.add_argument(
+        "--init",
+        choices=["default", "paper"],
+        default="default",
+        help="default: PyTorch's Linear init; paper: every weight and bias from N(0, 0.01^2), "
+        "as in the paper (default: default)",
+    )
+    p.add_argument(
         "--val-fraction",
         type=float,
         default=0.1,
@@ -221,6 +228,7 @@ def build_task(args: argparse.Namespace, device: torch.device, world_size: int, 
         latent=args.latent,
         likelihood=likelihood,
         depth=args.depth,
+        init=args.init,
     )
     torch.manual_seed(args.seed)
     model = VAE(config)

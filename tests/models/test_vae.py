@@ -194,3 +194,15 @@ def test_gaussian_decoder_log_variance_floor() -> None:
         bound = -0.5 * 4 * (math.log(2 * math.pi) + floor)
         assert vae.log_px_z(mean.detach(), z).item() == pytest.approx(bound, rel=1e-5)
         assert torch.isfinite(vae.log_px_z(x, z)).all()
+
+
+def test_paper_init_draws_every_parameter_from_n0_001() -> None:
+    torch.manual_seed(0)
+    paper = VAE(VAEConfig(hidden=200, latent=10, init="paper"))
+    flat = torch.cat([p.detach().flatten() for p in paper.parameters()])  # biases included
+    assert abs(float(flat.std()) - 0.01) < 5e-4 and abs(float(flat.mean())) < 5e-4
+    assert float(flat.abs().max()) < 0.07  # no parameter left at PyTorch's wider init
+    default = VAE(VAEConfig(hidden=200, latent=10))
+    assert float(default.encoder[0].weight.detach().std()) > 0.015  # PyTorch's fan-in init, 1/sqrt(784)
+    with pytest.raises(ValueError, match="init"):
+        VAEConfig(init="xavier")  # type: ignore[arg-type]
