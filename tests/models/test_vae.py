@@ -203,6 +203,8 @@ def test_paper_init_draws_every_parameter_from_n0_001() -> None:
     assert abs(float(flat.std()) - 0.01) < 5e-4 and abs(float(flat.mean())) < 5e-4
     assert float(flat.abs().max()) < 0.07  # no parameter left at PyTorch's wider init
     default = VAE(VAEConfig(hidden=200, latent=10))
-    assert float(default.encoder[0].weight.detach().std()) > 0.015  # PyTorch's fan-in init, 1/sqrt(784)
+    assert (
+        float(default.encoder[0].weight.detach().std()) > 0.015
+    )  # PyTorch's fan-in init, 1/sqrt(784)
     with pytest.raises(ValueError, match="init"):
         VAEConfig(init="xavier")  # type: ignore[arg-type]
