@@ -62,6 +62,11 @@ def _validation_error(e: ValidationError) -> RequestValidationError:
     )
 
 
+def _media_type(request: Request) -> str:
+    """The request body's media type, lower case, without parameters ("" when absent)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 @router.post(
     "/encode",
     response_model=EncodeResponse,
@@ -81,7 +86,7 @@ async def encode(
 ) -> Response:
     """Multipart `image` parts or a JSON `{"pixels": ...}` body; one result per image, in order."""
     predictor = registry.vae(model)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = _media_type(request)
     if content_type == "multipart/form-data":
         blobs = await read_image_parts(request, settings)
         inputs = await decode_uploads(blobs, predictor, settings)
@@ -132,7 +137,7 @@ async def _render(
 
 def _json_body(request: Request) -> None:
     """415 for a body that is not JSON (FastAPI would try to validate it and answer 422)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = _media_type(request)
     if content_type != JSON and not content_type.endswith("+json"):
         raise HTTPException(415, f"send a JSON body ({JSON}); got {content_type or 'no type'}")
 
