@@ -33,6 +33,7 @@ from training.classification import (
     val_errors,
 )
 from training.data import (
+    TORCHVISION_CIFAR10,
     DataError,
     ImageSet,
     TensorBatches,
@@ -401,7 +402,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> ModelCard:
         classes, n = data.classes, len(data.labels)
         # torchvision's CIFAR10 holds the same images as the JPEG tree (and a pack of it) in
         # another order: the seeded split would pick other images, many of them trained on.
-        tv = "torchvision CIFAR10"
+        tv = TORCHVISION_CIFAR10
         if (tv in card.dataset.train_split) != (data.source == tv):
             raise DataError(
                 f"{source} gives {data.source}, but the checkpoint's split was drawn from "

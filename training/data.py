@@ -23,6 +23,10 @@ from torch.utils.data.distributed import DistributedSampler
 
 from training.pack import list_image_folder, read_pack
 
+# ImageSet.source of torchvision's CIFAR10 arrays, which hold the JPEG tree's images in another
+# order (eval-alexnet compares it with the source named on the card).
+TORCHVISION_CIFAR10 = "torchvision CIFAR10"
+
 
 class DataError(Exception):
     """Data that cannot be found or read; the message says where we looked."""
@@ -175,7 +179,7 @@ def load_small_images(
 
         ds = CIFAR10(str(data_dir), train=True, download=download)
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        return ImageSet(images, torch.tensor(ds.targets), list(ds.classes), "torchvision CIFAR10")
+        return ImageSet(images, torch.tensor(ds.targets), list(ds.classes), TORCHVISION_CIFAR10)
 
     src = resolve_image_source(data_dir, dataset)
     key = hashlib.sha256(
