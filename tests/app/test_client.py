@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import httpx
@@ -63,24 +64,95 @@ def test_sync_client_raises_the_servers_message(sync_client: Client) -> None:
         sync_client.classify(12345)
 
 
-def test_retries_on_503_honour_retry_after() -> None:
+@pytest.fixture
+def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The sync client's waits between tries, recorded instead of slept."""
+    waits: list[float] = []
+    monkeypatch.setattr("app.client.time.sleep", waits.append)
+    return waits
+
+
+def test_retries_on_503_honour_retry_after(slept: list[float]) -> None:
+    """Retry-After is waited for, capped at 10 s; without one the client backs off; after
+    `retries` retries the server's error is raised."""
+    answers = iter(["3", "30", None])
     calls: list[int] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(1)
-        if len(calls) < 3:
-            return httpx.Response(
-                503, json={"detail": "busy", "status": 503}, headers={"Retry-After": "0"}
-            )
+        after = next(answers, "missing")
+        if after == "missing":
+            return httpx.Response(200, json={"models": [], "failed": []})
+        headers = {"Retry-After": after} if after else {}
+        return httpx.Response(503, json={"detail": "busy", "status": 503}, headers=headers)
+
+    c = Client("http://x", transport=httpx.MockTransport(handler), retries=3)
+    assert c.models().models == []
+    assert len(calls) == 4
+    assert slept == [3.0, 10.0, 0.4]  # as told, capped, then 0.1 * 2**attempt
+    answers = iter(["0", "0"])
+    slept.clear()
+    c = Client("http://x", transport=httpx.MockTransport(handler), retries=1)
+    with pytest.raises(ModelServeError, match="busy") as info:
+        c.models()
+    assert info.value.status == 503 and slept == [0.0]
+
+
+def test_errors_that_retrying_cannot_fix_are_raised_at_once(slept: list[float]) -> None:
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(422, json={"detail": "bad top_k", "status": 422})
+
+    with pytest.raises(ModelServeError, match="bad top_k"):
+        Client("http://x", transport=httpx.MockTransport(handler), retries=3).models()
+    assert calls == [1] and slept == []
+
+
+def test_connection_errors_are_retried_then_raised_as_httpx_errors(slept: list[float]) -> None:
+    """docs/api.md: a server that stays unreachable raises httpx's own TransportError."""
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise httpx.ConnectError("connection refused", request=request)
         return httpx.Response(200, json={"models": [], "failed": []})
 
-    c = Client("http://x", transport=httpx.MockTransport(handler), retries=2)
-    assert c.models().models == []
-    assert len(calls) == 3
+    assert Client("http://x", transport=httpx.MockTransport(handler), retries=2).models()
+    assert len(calls) == 3 and slept == [0.1, 0.2]
     calls.clear()
-    c = Client("http://x", transport=httpx.MockTransport(handler), retries=1)
-    with pytest.raises(ModelServeError, match="busy"):
-        c.models()
+    with pytest.raises(httpx.ConnectError):
+        Client("http://x", transport=httpx.MockTransport(handler), retries=1).models()
+    assert len(calls) == 2
+
+
+async def test_async_client_retries_like_the_sync_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    monkeypatch.setattr("app.client.asyncio.sleep", sleep)
+    answers = iter(["2", "0"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        after = next(answers, None)
+        if after is None:
+            return httpx.Response(200, json={"models": [], "failed": []})
+        return httpx.Response(
+            503, json={"detail": "busy", "status": 503}, headers={"Retry-After": after}
+        )
+
+    async with AsyncClient("http://x", transport=httpx.MockTransport(handler), retries=2) as c:
+        assert (await c.models()).models == []
+    assert slept == [2.0, 0.0]
+    answers = iter(["1"])
+    async with AsyncClient("http://x", transport=httpx.MockTransport(handler), retries=0) as c:
+        with pytest.raises(ModelServeError) as info:
+            await c.models()
+    assert info.value.status == 503
 
 
 def test_client_sends_the_api_key(model_dir: Path) -> None:
@@ -100,6 +172,12 @@ def test_client_sends_the_api_key(model_dir: Path) -> None:
         assert info.value.status == 401
         ok = Client("http://testserver", transport=tc._transport, api_key="k" * 12)
         assert ok.ready() in (True, False)  # loading or loaded: an answer, not an error
+        deadline = time.monotonic() + 10
+        while not ok.ready():
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.01)
+        tc.headers["X-API-Key"] = "k" * 12
+        assert tc.get("/readyz").status_code == 200
 
 
 async def test_async_client_against_the_asgi_app(model_dir: Path) -> None:
