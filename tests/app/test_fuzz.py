@@ -8,6 +8,8 @@ teardown); `require_all_models` makes start-up wait for the models, so no reques
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -36,6 +38,7 @@ CHECKS = [
 ]
 
 _MODELS = Path(tempfile.mkdtemp(prefix="fuzz-models-"))  # built at collection: the schema needs it
+atexit.register(shutil.rmtree, _MODELS, ignore_errors=True)
 make_alexnet(_MODELS)
 make_vae(_MODELS)
 APP = create_app(test_settings(_MODELS, max_upload_bytes=1 << 20, require_all_models=True))

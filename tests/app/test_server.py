@@ -55,7 +55,15 @@ def start_server(
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`python -m app` on a free port with `env` added; returns once /readyz answers 200."""
     port = free_port()
-    env = os.environ | env | {"MODELSERVE_HOST": "127.0.0.1", "MODELSERVE_PORT": str(port)}
+    # Nothing of this shell's serving set-up leaks in (`python -m app` would clear an inherited
+    # PROMETHEUS_MULTIPROC_DIR's files).
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MODELSERVE_")
+        and k not in ("WEB_CONCURRENCY", "PROMETHEUS_MULTIPROC_DIR")
+    }
+    env = inherited | env | {"MODELSERVE_HOST": "127.0.0.1", "MODELSERVE_PORT": str(port)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
     )
@@ -72,13 +80,10 @@ def start_server(
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    root = tmp_path_factory.mktemp("slow-models")
+def start_slow_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A server whose 16-image batch takes a while (one thread, 224x224)."""
     slow_classifier(root)
-    proc, url = start_server(
+    return start_server(
         {
             "MODELSERVE_MODEL_DIR": str(root),
             "MODELSERVE_TORCH_THREADS": "1",
@@ -87,6 +92,11 @@ def server(
             "MODELSERVE_GRACEFUL_TIMEOUT_S": "30",
         }
     )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    proc, url = start_slow_server(tmp_path)
     yield proc, url
     if proc.poll() is None:
         proc.kill()
@@ -106,11 +116,47 @@ def _rejected(url: str, reason: str) -> float:
     return 0.0
 
 
+def _wait_in_flight(url: str) -> None:
+    """Until the server holds a request besides the scrape asking (which counts itself)."""
+    deadline = time.monotonic() + 30
+    while True:
+        for line in httpx.get(f"{url}/metrics").text.splitlines():
+            if (
+                line.startswith("modelserve_http_requests_in_flight ")
+                and float(line.split()[-1]) >= 2
+            ):
+                return
+        assert time.monotonic() < deadline, "the request never reached the server"
+        time.sleep(0.02)
+
+
+def _post_in_thread(url: str) -> tuple[threading.Thread, dict[str, object]]:
+    """POST the 16 images from a thread; its response (or error) lands in the dict."""
+    result: dict[str, object] = {}
+
+    def post() -> None:
+        try:
+            result["response"] = httpx.post(f"{url}/classify", files=IMAGES, timeout=60)
+        except Exception as e:  # handed to the test, which fails with it
+            result["error"] = e
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    return thread, result
+
+
+def _answered(thread: threading.Thread, result: dict[str, object]) -> httpx.Response:
+    thread.join(60)
+    assert "error" not in result, result["error"]
+    response = result["response"]
+    assert isinstance(response, httpx.Response)
+    return response
+
+
 def test_disconnected_client_frees_its_slot(server: tuple[subprocess.Popen[bytes], str]) -> None:
     _, url = server
-    busy = threading.Thread(target=lambda: httpx.post(f"{url}/classify", files=IMAGES, timeout=60))
-    busy.start()  # keeps the model busy so the next request waits in the queue
-    time.sleep(0.3)
+    busy = _post_in_thread(url)  # keeps the model busy so the next request waits in the queue
+    _wait_in_flight(url)
     request = httpx.Request("POST", f"{url}/classify", files=IMAGES[:1])
     raw = b"".join(
         [
@@ -122,7 +168,7 @@ def test_disconnected_client_frees_its_slot(server: tuple[subprocess.Popen[bytes
     with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as s:
         s.sendall(raw)
         time.sleep(0.1)
-    busy.join()
+    assert _answered(*busy).status_code == 200
     deadline = time.monotonic() + 10
     while _rejected(url, "disconnected") < 1:
         assert time.monotonic() < deadline, "disconnect was never noticed"
@@ -133,17 +179,11 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(
     server: tuple[subprocess.Popen[bytes], str],
 ) -> None:
     proc, url = server
-    result: dict[str, httpx.Response] = {}
-    worker = threading.Thread(
-        target=lambda: result.setdefault(
-            "r", httpx.post(f"{url}/classify", files=IMAGES, timeout=60)
-        )
-    )
-    worker.start()
-    time.sleep(0.3)  # the 16-image request is being decoded or computed
+    in_flight = _post_in_thread(url)
+    _wait_in_flight(url)  # the 16-image request is being read, decoded or computed
     proc.send_signal(signal.SIGTERM)
-    worker.join(60)
-    assert result["r"].status_code == 200 and len(result["r"].json()["results"]) == 16
+    response = _answered(*in_flight)
+    assert response.status_code == 200 and len(response.json()["results"]) == 16
     assert proc.wait(60) == 0
 
 

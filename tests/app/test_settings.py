@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from app.settings import Settings, describe_error
 
 
 def test_defaults_and_env_prefix(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [k for k in os.environ if k.startswith("MODELSERVE_")]:
+        monkeypatch.delenv(name)  # the defaults, not this shell's set-up
     monkeypatch.setenv("MODELSERVE_MODEL_DIR", str(model_dir))
     monkeypatch.setenv("MODELSERVE_MAX_BATCH_SIZE", "4")
     monkeypatch.setenv("MODELSERVE_LOG_LEVEL", "debug")

@@ -1,6 +1,6 @@
 """The benchmark harness: request shapes against the real app, counting, percentiles, targets.
 
-Nothing here asserts a time: the load generator runs for a fraction of a second against the app
+Nothing here asserts a speed: the load generator runs for a fraction of a second against the app
 in-process (httpx's ASGI transport) and the checks are on what it counted and how it reports it.
 """
 
@@ -204,7 +204,7 @@ def test_timed_loop_idles_outside_the_timed_calls() -> None:
 
     items, elapsed, times = timed_loop(lambda i, b: b, 2, duration=0.05, idle=0.01)
     assert items == 2 * len(times) and elapsed >= 0.01 * len(times)  # it slept before each call
-    assert max(times) < 0.005  # ... and the sleep is not in the call's time
+    assert max(times) < 0.01  # ... and no call's time holds a whole sleep
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
