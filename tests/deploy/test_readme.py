@@ -25,11 +25,42 @@ def test_every_setting_is_documented_and_every_documented_setting_exists() -> No
     )
 
 
-def test_documented_metrics_exist() -> None:
-    source = (ROOT / "app" / "metrics.py").read_text()
-    documented = set(re.findall(r"`(modelserve_[a-z_]+)`", README))
-    assert documented, "README lists no metrics"
-    assert {m for m in documented if f'"{m}"' not in source} == set()
+def _exported_metrics() -> dict[str, str]:
+    """Name -> type of every metric the service exports (counters with their `_total`)."""
+    from app.metrics import Metrics
+
+    return {
+        fam.name + ("_total" if fam.type == "counter" else ""): fam.type
+        for fam in Metrics().registry.collect()
+    }
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/api.md"])
+def test_the_metrics_tables_list_every_exported_metric_with_its_type(page: str) -> None:
+    documented: dict[str, str] = {}
+    for row in re.findall(r"^\| (`modelserve_.*?) \| (\w+)", (ROOT / page).read_text(), re.M):
+        for name in re.findall(r"`(modelserve_[a-z_]+)`", row[0]):
+            documented[name] = row[1]
+    assert documented == _exported_metrics()
+
+
+API_DOC = (ROOT / "docs" / "api.md").read_text()
+
+
+def test_the_api_docs_settings_table_matches_the_settings() -> None:
+    """docs/api.md's table: every setting once, none that does not exist, and each plain
+    default (one literal in backquotes) the one the code has."""
+    rows = re.findall(r"^\| (`MODELSERVE_.*?) \| (.*?) \|", API_DOC, re.M)
+    names = [n for cell, _ in rows for n in re.findall(r"`MODELSERVE_([A-Z_]+)`", cell)]
+    assert sorted(names) == sorted(f.upper() for f in Settings.model_fields)
+    for cell, default in rows:
+        fields = [n.lower() for n in re.findall(r"`MODELSERVE_([A-Z_]+)`", cell)]
+        literals = re.findall(r"`([^`]*)`", default)
+        if default.startswith("`") and len(literals) == len(fields):
+            for field, literal in zip(fields, literals, strict=True):
+                value = Settings.model_fields[field].default
+                shown = str(value).lower() if isinstance(value, bool) else str(value)
+                assert literal == shown, (field, literal, value)
 
 
 def test_curl_examples_hit_real_routes(tmp_path: Path) -> None:

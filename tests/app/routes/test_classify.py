@@ -131,7 +131,11 @@ def _gif_two_frames() -> bytes:
     ids=["grey", "jpeg", "bmp", "webp", "cmyk", "gif"],
 )
 def test_any_supported_format_and_mode_is_classified(client: TestClient, data: bytes) -> None:
-    assert client.post("/classify", files=[part(data)]).status_code == 200
+    r = client.post("/classify", files=[part(data)])
+    assert r.status_code == 200, r.text
+    ref = reference_probs(client, data)
+    for p in r.json()["predictions"]:
+        assert p["probability"] == pytest.approx(float(ref[p["index"]]), abs=1e-5)
 
 
 @pytest.mark.parametrize(
