@@ -53,6 +53,23 @@ def test_vae_mnist_one_epoch_writes_metrics_and_a_loadable_checkpoint(
         assert (run / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
 
+def test_the_papers_vae_recipe_flags_reach_the_card_and_the_export_dir(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    """The README's deviations list names these flags as the way back to the paper's recipe."""
+    run, export = tmp_path / "run", tmp_path / "models" / "mine"
+    argv = ["vae", "--data-dir", str(tiny_mnist), "--run-dir", str(run), "--export", str(export)]
+    flags = ["--optimizer", "adagrad", "--lr", "0.02", "--weight-decay", "1e-4", "--init", "paper"]
+    assert main([*argv, "--epochs", "1", *flags, *FAST_VAE]) == 0
+    assert not (run / "export").exists()
+    model, card = load_checkpoint(export)
+    assert card.training["optimizer"] == "adagrad" and card.training["lr"] == 0.02
+    assert card.training["weight_decay"] == 1e-4 and card.config["init"] == "paper"
+    # N(0, 0.01^2) at the start; one epoch of 4 small Adagrad steps keeps them near that
+    stds = [float(p.detach().std()) for p in model.parameters() if p.numel() > 1]
+    assert max(stds) < 0.1
+
+
 def test_vae_frey_records_its_validation_split(tiny_frey: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     argv = ["vae", "--dataset", "frey", "--data-dir", str(tiny_frey), "--run-dir", str(run)]
@@ -108,6 +125,18 @@ def test_alexnet_small_trains_on_an_imagefolder_tree(
     assert (run / "confusion.png").is_file() and (run / "curves.png").is_file()
     out = model(torch.zeros(2, 3, 28, 28))
     assert out.shape == (2, 3)
+
+
+def test_alexnet_momentum_and_paper_init_flags_reach_the_card(
+    tiny_imagefolder: Path, tmp_path: Path
+) -> None:
+    run, export = tmp_path / "run", tmp_path / "export-here"
+    argv = ["alexnet", "--data-dir", str(tiny_imagefolder), "--run-dir", str(run)]
+    flags = ["--momentum", "0.5", "--init", "paper", "--export", str(export), "--no-amp"]
+    assert main([*argv, "--epochs", "1", *flags, *FAST_ALEX]) == 0
+    _, card = load_checkpoint(export)
+    assert card.training["momentum"] == 0.5 and card.config["init"] == "paper"
+    assert card.training["bf16_autocast"] is False and "momentum_in_effect" not in card.training
 
 
 def test_the_full_preset_refuses_a_pack_with_a_message(
