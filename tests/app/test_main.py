@@ -144,9 +144,11 @@ def test_api_key(model_dir: Path) -> None:
         for probe in ("/healthz", "/readyz", "/metrics"):
             assert c.get(probe).status_code == 200
     with TestClient(create_app(test_settings(model_dir, api_key=key, open_probes=False))) as c:
-        assert c.get("/metrics").status_code == 401
-        assert c.get("/readyz", headers={"X-API-Key": key}).status_code in (200, 503)
-        assert c.get("/openapi.json").status_code == 200  # the API's description stays open...
+        for probe in ("/healthz", "/readyz", "/metrics"):
+            assert c.get(probe).status_code == 401, probe
+        assert c.get("/healthz", headers={"X-API-Key": key}).status_code == 200
+        for path in ("/openapi.json", "/docs", "/redoc"):  # the API's description stays open...
+            assert c.get(path).status_code == 200, path
     with TestClient(create_app(test_settings(model_dir, api_key=key, docs=False))) as c:
         for path in ("/docs", "/redoc", "/openapi.json"):  # ...unless switched off
             assert c.get(path).status_code == 404
@@ -199,6 +201,13 @@ def test_request_id_is_echoed_or_made_and_logged(client: TestClient) -> None:
         logging.getLogger("app").removeHandler(handler)
     assert r.headers["x-request-id"] == "abc-123" and r.json()["request_id"] == "abc-123"
     assert len(made) == 32 and forged != "bad id\nINFO fake"
+    longest, too_long = "a.b:c_d-" * 16, "x" * 129  # at most 128 of A-Za-z0-9._:-
+    assert client.get("/healthz", headers={"X-Request-ID": longest}).headers["x-request-id"] == (
+        longest
+    )
+    for bad in (too_long, "a/b", "a b"):
+        echoed = client.get("/healthz", headers={"X-Request-ID": bad}).headers["x-request-id"]
+        assert echoed != bad and len(echoed) == 32
     access = [
         rec for rec in records if rec.name == "app.access" and "/models/nope" in rec.getMessage()
     ]
@@ -388,3 +397,13 @@ def test_inference_thread_has_the_configured_openmp_team(tmp_path: Path) -> None
             assert registry.executor.submit(omp.omp_get_max_threads).result() == threads
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_validation_422_lists_each_invalid_field(client: TestClient) -> None:
+    """docs/api.md: `errors` holds one entry per invalid field, with `loc`, `msg`, `type`."""
+    r = client.get("/sample", params={"n": 0, "seed": -1})
+    assert r.status_code == 422
+    body = r.json()
+    assert body["status"] == 422 and body["request_id"] == r.headers["x-request-id"]
+    assert sorted(e["loc"][-1] for e in body["errors"]) == ["n", "seed"]
+    assert all(e["msg"] and e["type"] for e in body["errors"])

@@ -199,9 +199,13 @@ def test_sample_same_seed_same_images(client: TestClient) -> None:
 
 
 def test_sample_without_seed_reports_the_seed_it_used(client: TestClient) -> None:
-    r = client.get("/sample?n=2", headers=JSON_ACCEPT).json()
-    again = client.get(f"/sample?n=2&seed={r['seed']}", headers=JSON_ACCEPT).json()
+    r = client.get("/sample", headers=JSON_ACCEPT).json()
+    assert len(r["images"]) == 16  # n defaults to 16
+    again = client.get(f"/sample?n=16&seed={r['seed']}", headers=JSON_ACCEPT).json()
     assert again["images"] == r["images"]
+    png = client.get("/sample?n=2")
+    seed = png.headers["x-seed"]  # the PNG's seed is in the header
+    assert client.get(f"/sample?n=2&seed={seed}").content == png.content
 
 
 @pytest.mark.parametrize(
