@@ -233,8 +233,8 @@ def test_ops_sample_same_seed_same_image(model_dir: Path) -> None:
 
 
 def test_litserve_contender_answers_like_the_model(model_dir: Path) -> None:
-    """The LitServe hooks give the same top class as a plain forward of the same bytes."""
-    pytest.importorskip("litserve", reason="the bench extra: pip install -e '.[bench]'")
+    """The LitServe hooks give the same top class as a plain forward of the same bytes
+    (litserve is in the dev extra: this runs wherever the tests do)."""
     from benchmarks.litserve_server import ClassifyAPI
 
     api = ClassifyAPI(
