@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 HOST ?= $(or $(MODELSERVE_HOST),0.0.0.0)
 PORT ?= $(or $(MODELSERVE_PORT),8000)
 
-.PHONY: venv serve test lint typecheck check wheelhouse clean
+.PHONY: venv serve test lint typecheck check wheelhouse figures clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,15 @@ wheelhouse: $(STAMP)
 	| xargs -d '\n' $(BIN)/python -m pip download --quiet --only-binary=:all: --dest .whl \
 		--python-version $(WHEEL_PYTHON) $(addprefix --platform ,$(WHEEL_PLATFORMS))
 	du -sh .whl
+
+# The README's figures of a shipped model are the ones its training run drew (curves, samples,
+# reconstructions, confusion matrix): `make figures MODEL=vae-mnist RUN=runs/vae-mnist` copies
+# them into docs/figures/$(MODEL)/.
+figures:
+	@test -n "$(MODEL)" -a -n "$(RUN)" || { echo "usage: make figures MODEL=<name> RUN=<run dir>"; exit 2; }
+	@ls $(RUN)/*.png >/dev/null || { echo "no figures in $(RUN)"; exit 2; }
+	mkdir -p docs/figures/$(MODEL)
+	cp $(RUN)/*.png docs/figures/$(MODEL)/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
