@@ -67,7 +67,8 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
         "--no-progress",
         dest="progress",
         action="store_false",
-        help="no progress bars (they are also off when stderr is not a terminal)",
+        help="no progress bars on a terminal, and no progress line every minute when stderr is "
+        "not one (a log file, docker compose logs)",
     )
     g = p.add_argument_group("optimisation")
     g.add_argument(

@@ -31,6 +31,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models.checkpoint import CARD_FILE, ModelCard, save_checkpoint
 
+# Without a terminal (a log file, `docker compose logs`) an epoch logs a progress line this often.
+LOG_EVERY_S = 60.0
+
 # (model, batch) -> (mean loss over the batch, number of examples in it)
 StepFn = Callable[[nn.Module, Any], tuple[Tensor, int]]
 
@@ -207,14 +210,21 @@ def train(
     device: torch.device,
     opts: LoopOptions,
     show_progress: bool = True,
+    log_every_s: float | None = None,
 ) -> float:
-    """One epoch over `batches`; returns the example-weighted mean loss over all ranks."""
+    """One epoch over `batches`; returns the example-weighted mean loss over all ranks.
+
+    `show_progress`: a tqdm bar (on a terminal). `log_every_s`: otherwise (a log file, `docker
+    compose logs`), one plain line at most that often, so a long epoch is not silent.
+    """
     from tqdm import tqdm
 
     model.train()
     # running sums stay on the device: no host sync per step, only when the bar refreshes
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # (loss * n, n)
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{opts.epochs}", disable=not show_progress)
+    desc = f"epoch {epoch + 1}/{opts.epochs}"
+    bar = tqdm(batches, desc=desc, disable=not show_progress)
+    start = last_log = time.perf_counter()
     for i, batch in enumerate(bar):
         with autocast(device, opts.amp):
             loss, n = step_fn(model, batch)
@@ -228,6 +238,15 @@ def train(
         totals[1] += n
         if show_progress and i % 20 == 0:
             bar.set_postfix(loss=f"{(totals[0] / totals[1]).item():.4g}")
+        if log_every_s is not None and time.perf_counter() - last_log >= log_every_s:
+            last_log = time.perf_counter()
+            loss_so_far, seen = (totals[0] / totals[1]).item(), int(totals[1].item())
+            rate = seen / (last_log - start)
+            print(
+                f"{desc} step {i + 1}/{len(batches)} loss={loss_so_far:.4g} {rate:.0f} examples/s",
+                file=sys.stderr,
+                flush=True,
+            )
     totals = _all_reduce_sum(totals)
     return (totals[0] / totals[1].clamp_min(1)).item()
 
@@ -272,6 +291,7 @@ def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> 
     task can put its data on the device and shard it.
     """
     show = opts.progress and info.is_main and sys.stderr.isatty()
+    log_every_s = LOG_EVERY_S if opts.progress and info.is_main and not show else None
     raw = task.model.to(device)
     if device.type == "cuda":
         raw = raw.to(memory_format=torch.channels_last)  # faster convolutions with bf16
@@ -340,7 +360,16 @@ def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> 
         task.train_batches.set_epoch(epoch)
         t0 = time.perf_counter()
         loss = train(
-            task.train_batches, model, task.step_fn, optimizer, scheduler, epoch, device, opts, show
+            task.train_batches,
+            model,
+            task.step_fn,
+            optimizer,
+            scheduler,
+            epoch,
+            device,
+            opts,
+            show,
+            log_every_s,
         )
         train_s = time.perf_counter() - t0
         if info.is_main:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,26 @@ def test_the_papers_vae_recipe_flags_reach_the_card_and_the_export_dir(
     # N(0, 0.01^2) at the start; one epoch of 4 small Adagrad steps keeps them near that
     stds = [float(p.detach().std()) for p in model.parameters() if p.numel() > 1]
     assert max(stds) < 0.1
+
+
+def test_an_epoch_logs_progress_lines_when_stderr_is_not_a_terminal(
+    tiny_mnist: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long epoch in a log file is not silent: lines with step, loss and rate (here every
+    step, the interval set to 0); --no-progress turns them off."""
+    monkeypatch.setattr("training.loop.LOG_EVERY_S", 0.0)
+    argv = ["vae", "--data-dir", str(tiny_mnist), "--epochs", "1", "--batch-size", "50"]
+    assert main([*argv, "--hidden", "16", "--run-dir", str(tmp_path / "a")]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if " step " in ln]
+    assert [ln.split(" loss=")[0] for ln in lines] == [
+        f"epoch 1/1 step {i}/4" for i in (1, 2, 3, 4)
+    ]
+    assert re.fullmatch(r"epoch 1/1 step 4/4 loss=\S+ \d+ examples/s", lines[-1])
+    assert main([*argv, "--hidden", "16", "--run-dir", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert " step " not in capsys.readouterr().err
 
 
 def test_vae_frey_records_its_validation_split(tiny_frey: Path, tmp_path: Path) -> None:
