@@ -119,6 +119,35 @@ def test_default_falls_back_to_first_loaded_of_its_kind(tmp_path: Path) -> None:
         )
 
 
+def test_configured_defaults_pick_the_model_served_without_model_param(tmp_path: Path) -> None:
+    make_alexnet(tmp_path)
+    make_alexnet(tmp_path, name="alexnet-other", seed=1)
+    make_vae(tmp_path)
+    make_vae(tmp_path, name="vae-other", seed=1)
+    settings = test_settings(tmp_path, default_classifier="alexnet-other", default_vae="vae-other")
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        assert c.post("/classify", files=IMAGE).json()["model"] == "alexnet-other"
+        r = c.get("/sample?n=1", headers={"Accept": "application/json"})
+        assert r.json()["model"] == "vae-other"
+        defaults = {m["name"] for m in c.get("/models").json()["models"] if m["default"]}
+        assert defaults == {"alexnet-other", "vae-other"}
+        named = c.post("/classify?model=alexnet-cifar10", files=IMAGE)
+        assert named.json()["model"] == "alexnet-cifar10"  # ?model= still reaches the others
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
+def test_device_cuda_without_a_gpu_refuses_to_start(model_dir: Path) -> None:
+    app = create_app(test_settings(model_dir, device="cuda"))
+    with (
+        pytest.raises(RuntimeError, match="MODELSERVE_DEVICE=cuda but torch sees no CUDA"),
+        TestClient(app),
+    ):
+        pass
+
+
 def test_an_endpoint_whose_model_failed_to_load_says_so(tmp_path: Path) -> None:
     make_vae(tmp_path)  # no classifier at all...
     make_alexnet(tmp_path)
@@ -243,6 +272,15 @@ def test_decompression_bomb_is_413(client: TestClient) -> None:
     Image.new("1", (8000, 8000)).save(buf, "PNG")  # 64 Mpx in a few kB; limit 40 Mpx
     r = client.post("/classify", files=[("image", ("bomb.png", buf.getvalue(), "image/png"))])
     assert r.status_code == 413 and "pixels" in r.json()["detail"]
+
+
+def test_max_image_pixels_is_the_configured_limit(model_dir: Path) -> None:
+    with TestClient(create_app(test_settings(model_dir, max_image_pixels=1000))) as c:
+        wait_ready(c)
+        over = c.post("/classify", files=[("image", ("a.png", png_bytes((40, 30)), "image/png"))])
+        assert over.status_code == 413 and "1000" in over.json()["detail"]
+        at = c.post("/classify", files=[("image", ("b.png", png_bytes((40, 25)), "image/png"))])
+        assert at.status_code == 200
 
 
 class FaultyModel(torch.nn.Module):
