@@ -146,6 +146,8 @@ def test_form_fields(client: TestClient, path: str) -> None:
         path, content=b"--b--\r\n", headers={"content-type": "multipart/form-data; boundary=b"}
     )
     assert_error(empty, 422, "image")
+    # No body at all: /encode, which also takes JSON, cannot tell which was meant.
+    assert_error(client.post(path), 422 if path == "/classify" else 415, "image")
     # Unknown extra fields next to a valid image are ignored (documented in docs/api.md).
     r = client.post(path, files=[good, part(b"hello", "note")], data={"comment": "hi"})
     assert r.status_code == 200, r.text

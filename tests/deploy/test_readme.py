@@ -76,3 +76,24 @@ def test_curl_examples_hit_real_routes(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted(set(re.findall(r"@(examples/[\w.]+)", README))))
 def test_example_files_exist(path: str) -> None:
     assert (ROOT / path).is_file()
+
+
+def test_reliability_page_names_tests_that_exist() -> None:
+    """docs/reliability.md proves each behaviour by naming a test: every name must be one."""
+    page = (ROOT / "docs" / "reliability.md").read_text()
+    short = {
+        "r": "app/test_reliability.py",
+        "main": "app/test_main.py",
+        "srv": "app/test_server.py",
+        "b": "app/test_batching.py",
+    }
+    refs = re.findall(r"`([a-z/_.]+)::(\w[^`\[]*)", page)
+    assert refs, "no test named"
+    for file, name in refs:
+        path = ROOT / "tests" / short.get(file, file)
+        assert path.is_file(), f"{file}::{name}: no {path}"
+        prefix = name.split("…")[0]  # `test_bad_upload_…` abbreviates a long name
+        defined = re.findall(r"^(?:async )?def (\w+)", path.read_text(), re.M)
+        assert any(d.startswith(prefix) if "…" in name else d == name for d in defined), (
+            f"docs/reliability.md names {file}::{name}, which {path.name} does not define"
+        )
