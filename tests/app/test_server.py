@@ -258,12 +258,16 @@ def test_json_logs_are_one_object_per_line_with_one_access_line_per_request(
         proc, url = start_server(env, out)
         try:
             files = [("image", ("x.png", png_bytes(), "image/png"))]
-            assert httpx.post(f"{url}/classify", files=files).status_code == 200
+            answer = httpx.post(f"{url}/classify", files=files, headers={"X-Request-ID": "r-42"})
+            assert answer.status_code == 200
         finally:
             proc.terminate()
             proc.wait(timeout=60)
     records = [json.loads(line) for line in log.read_text().splitlines()]  # every line JSON
     access = [r for r in records if r.get("path") == "/classify"]
     assert [(r["logger"], r["status"]) for r in access] == [("app.access", 200)]
+    (line,) = access  # the fields docs/api.md lists, the client's request id among them
+    assert line["request_id"] == "r-42" and line["method"] == "POST"
+    assert line["duration_ms"] > 0 and line["level"] == "INFO" and line["time"]
     server = {r["message"] for r in records if r["logger"] == "uvicorn.error"}
     assert {"Application startup complete.", "Application shutdown complete."} <= server
