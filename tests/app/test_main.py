@@ -434,3 +434,31 @@ def test_a_validation_422_lists_each_invalid_field(client: TestClient) -> None:
     assert body["status"] == 422 and body["request_id"] == r.headers["x-request-id"]
     assert sorted(e["loc"][-1] for e in body["errors"]) == ["n", "seed"]
     assert all(e["msg"] and e["type"] for e in body["errors"])
+
+
+@pytest.mark.parametrize(("cores", "workers", "threads"), [(8, None, 8), (8, "2", 4), (2, "4", 1)])
+def test_default_torch_threads_share_the_cores_among_workers(
+    monkeypatch: pytest.MonkeyPatch, cores: int, workers: str | None, threads: int
+) -> None:
+    """docs/api.md: MODELSERVE_TORCH_THREADS defaults to cores / WEB_CONCURRENCY (at least 1)."""
+    from app import registry
+
+    monkeypatch.setattr(registry.os, "cpu_count", lambda: cores)
+    if workers is None:
+        monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    else:
+        monkeypatch.setenv("WEB_CONCURRENCY", workers)
+    assert registry.default_threads() == threads
+
+
+def test_more_lanes_than_threads_run_one_lane_per_thread(model_dir: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        settings = test_settings(model_dir, torch_threads=2, inference_lanes=4)
+        with TestClient(create_app(settings)) as c:
+            wait_ready(c)
+            lanes = c.app.state.registry.lanes  # type: ignore[attr-defined]
+            assert (lanes.count, lanes.per_lane) == (2, 1)
+            assert c.post("/classify", files=IMAGE).status_code == 200
+    finally:
+        torch.set_num_threads(before)
