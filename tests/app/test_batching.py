@@ -286,39 +286,41 @@ async def test_a_queue_is_shared_among_the_free_lanes() -> None:
     assert sorted(len(x) for x in batches) == [4, 4]  # not 8 on one lane, the other idle
 
 
-def test_a_free_lane_leaves_items_to_a_lane_about_to_free() -> None:
-    # Two lanes: this one free, the other ends its batch in one item's worth of time. Of 12
-    # queued, this lane takes 7 (done at 7) and leaves 5 (done at 1 + 5 = 6): all 12 are
-    # answered by 7, not by 12 had it taken them all.
-    assert lane_share(12, free=1, max_batch_size=32, ahead=[1.0]) == 7
-    assert lane_share(12, free=1, max_batch_size=32, ahead=[0.0]) == 6
-    # A lane that ends late takes nothing over: the old rule, the queue split among free lanes.
-    assert lane_share(12, free=1, max_batch_size=32, ahead=[12.0]) == 12
+def test_a_free_lane_takes_an_even_share_of_the_items_in_the_system() -> None:
+    # 16 clients, two lanes: one frees while the other runs 8; the 8 it answered are back in
+    # the queue and it takes all of them (the other lane's 8 come back when it frees).
+    assert lane_share(8, free=1, max_batch_size=32, running=[8]) == 8
+    # An uneven round (12 queued beside a running 4) evens out: 8 now, 4 left for the other.
+    assert lane_share(12, free=1, max_batch_size=32, running=[4]) == 8
+    # Beside a small running batch the queue is shared: 5 of 8, the other lane gets 3 more.
+    assert lane_share(8, free=1, max_batch_size=32, running=[2]) == 5
+    # No batch of this batcher running: the queue split among the free lanes.
     assert lane_share(12, free=1, max_batch_size=32) == 12
     assert lane_share(12, free=2, max_batch_size=32) == 6
     assert lane_share(7, free=2, max_batch_size=32) == 4
-    # A lone request runs at once, whatever is about to free.
-    assert lane_share(1, free=1, max_batch_size=32, ahead=[0.0]) == 1
+    # A lone request runs at once, whatever else runs.
+    assert lane_share(1, free=1, max_batch_size=32, running=[30]) == 1
 
 
 def test_under_full_load_a_lane_takes_a_whole_batch() -> None:
-    # A whole batch queued for every free lane: the largest batch (cheapest per item), even
-    # with a lane about to free.
-    assert lane_share(40, free=1, max_batch_size=32, ahead=[0.0]) == 32
+    # A whole batch queued for every free lane: the largest batch (cheapest per item).
+    assert lane_share(40, free=1, max_batch_size=32, running=[2]) == 32
     assert lane_share(64, free=2, max_batch_size=32) == 32
-    assert lane_share(31, free=1, max_batch_size=32, ahead=[0.0]) == 16  # one short: shared
+    assert lane_share(31, free=1, max_batch_size=32, running=[32]) == 31  # one short: all
+    assert lane_share(31, free=2, max_batch_size=32) == 16
 
 
 def test_a_lane_share_never_exceeds_the_batch_or_the_queue() -> None:
     for queued in range(0, 70):
         for free in (1, 2, 3):
-            for ahead in ([], [0.0], [3.5], [0.0, 10.0]):
-                k = lane_share(queued, free, 8, ahead)
+            for running in ([], [1], [4], [8, 3]):
+                k = lane_share(queued, free, 8, running)
                 assert 0 <= k <= min(queued, 8)
                 assert k >= 1 or queued == 0
-                # what the free lanes and the lanes about to free take covers the queue
-                reach = free * k + sum(max(0, int(k - a)) for a in ahead)
-                assert reach >= min(queued, free * 8)
+                # at least an even share of the queue among the free and the running lanes
+                assert k >= min(8, -(-queued // (free + len(running))))
+                if not running:  # nothing else will come for them: the free lanes take it all
+                    assert free * k >= min(queued, free * 8)
 
 
 async def test_batchers_sharing_one_lane_take_turns() -> None:
