@@ -116,18 +116,20 @@ def _rejected(url: str, reason: str) -> float:
     return 0.0
 
 
-def _wait_in_flight(url: str) -> None:
-    """Until the server holds a request besides the scrape asking (which counts itself)."""
+def _wait_metric(url: str, series: str, at_least: float) -> None:
+    """Until the scrape shows `series` (name and labels, as printed) at `at_least` or more."""
     deadline = time.monotonic() + 30
     while True:
         for line in httpx.get(f"{url}/metrics").text.splitlines():
-            if (
-                line.startswith("modelserve_http_requests_in_flight ")
-                and float(line.split()[-1]) >= 2
-            ):
+            if line.startswith(series + " ") and float(line.split()[-1]) >= at_least:
                 return
-        assert time.monotonic() < deadline, "the request never reached the server"
+        assert time.monotonic() < deadline, f"{series} never reached {at_least}"
         time.sleep(0.02)
+
+
+def _wait_in_flight(url: str) -> None:
+    """Until the server holds a request besides the scrape asking (which counts itself)."""
+    _wait_metric(url, "modelserve_http_requests_in_flight", 2)
 
 
 def _post_in_thread(url: str) -> tuple[threading.Thread, dict[str, object]]:
@@ -157,6 +159,7 @@ def test_disconnected_client_frees_its_slot(server: tuple[subprocess.Popen[bytes
     _, url = server
     busy = _post_in_thread(url)  # keeps the model busy so the next request waits in the queue
     _wait_in_flight(url)
+    time.sleep(0.3)  # arrived (above), and now past decoding 16 small PNGs, into the forward
     request = httpx.Request("POST", f"{url}/classify", files=IMAGES[:1])
     raw = b"".join(
         [
@@ -167,7 +170,8 @@ def test_disconnected_client_frees_its_slot(server: tuple[subprocess.Popen[bytes
     )
     with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as s:
         s.sendall(raw)
-        time.sleep(0.1)
+        # queued behind the busy batch (which holds all 16 items of a batch), then gone
+        _wait_metric(url, 'modelserve_queue_items{model="alexnet-cifar10",op="classify"}', 1)
     assert _answered(*busy).status_code == 200
     deadline = time.monotonic() + 10
     while _rejected(url, "disconnected") < 1:
