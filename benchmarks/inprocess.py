@@ -7,6 +7,11 @@ Configurations tried: one thread, every core as intra-op threads, and (on a CPU 
 cores) one single-threaded loop per core side by side, the most images/s a compute-bound model
 gets from the machine; each figure is the best configuration's.
 
+`--in-flight C ...` also measures, for each C, the most items/s with at most C items in flight
+(one loop at batch C on every core, or one single-threaded loop per core at batch C / cores),
+which is what C closed-loop clients of a perfect server could get: fewer items in flight mean
+smaller batches, and on a CPU a small batch costs more per item.
+
     python -m benchmarks.inprocess runs/bench/models/full/alexnet-imagenet-random --endpoint classify
 """
 
@@ -87,11 +92,13 @@ def measure(
     channels_last: bool = True,
     device: str = "cpu",
     lanes: int = 1,
+    throughput_only: bool = False,
 ) -> dict[str, Any]:
     """Throughput at `batch_size` and single-item latency of one endpoint of one model.
 
     `lanes` > 1: that many loops side by side, each on its own thread with `threads` intra-op
-    threads; throughput only (a lone item has no one to share with: see the other figures).
+    threads; throughput only (a lone item has no one to share with: see the other figures), as
+    with `throughput_only`.
     Every step ends with its answer on the host, so on CUDA each step includes its sync.
     """
     threads = threads or os.cpu_count() or 1
@@ -119,6 +126,13 @@ def measure(
         }
     timed_loop(step, batch_size, min(1.0, duration / 4))  # warm-up: allocator, oneDNN kernels
     items, elapsed, _ = timed_loop(step, batch_size, duration)
+    if throughput_only:
+        return config | {
+            "items": items,
+            "seconds": round(elapsed, 3),
+            "items_per_s": round(items / elapsed, 2),
+            "single_p50_ms": None,
+        }
     _, _, singles = timed_loop(step, 1, min(2.0, duration / 2))
     singles_ms = sorted(1000 * t for t in singles)
     # The same single item after IDLE_S of idle, as a server sees it at concurrency 1 (its
@@ -165,6 +179,39 @@ def side_by_side(
     for w in workers:
         w.join()
     return sum(done), time.perf_counter() - t0
+
+
+def in_flight_bound(
+    model_dir: Path,
+    endpoint: str,
+    corpus: Corpus | None,
+    in_flight: int,
+    batch_size: int,
+    duration: float,
+    threads: int,
+    loops: int,
+    channels_last: bool = True,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """The most items/s with at most `in_flight` items in flight, batches at most `batch_size`,
+    the best of: one loop at batch min(in_flight, batch_size) on `threads` intra-op threads
+    (and on one, where fewer items than loops are in flight), and `loops` single-threaded loops
+    side by side at batch min(in_flight // loops, batch_size)."""
+    batch = min(in_flight, batch_size)
+    options = [(threads, 1, batch)]
+    if loops > 1 and in_flight >= loops:
+        options.append((1, loops, min(in_flight // loops, batch_size)))
+    elif threads > 1:
+        options.append((1, 1, batch))
+    tried = {}
+    for t, n, b in options:
+        r = measure(
+            model_dir, endpoint, corpus, b, duration, t, channels_last, device,
+            lanes=n, throughput_only=True,
+        )  # fmt: skip
+        tried[f"{label(r)} at batch {b}"] = r["items_per_s"]
+    best = max(tried, key=lambda k: tried[k])
+    return {"in_flight": in_flight, "items_per_s": tried[best], "config": best, "tried": tried}
 
 
 def label(result: dict[str, Any]) -> str:
@@ -228,6 +275,21 @@ def main(argv: list[str] | None = None) -> None:
         help="also run this many single-threaded loops side by side, for throughput (default: "
         "the number of cores on a CPU; 1: not at all)",
     )
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="C",
+        help="also measure the most items/s with at most C items in flight, for each C (what C "
+        "closed-loop clients could get); C at or past batch size x cores is the ceiling itself",
+    )
+    parser.add_argument(
+        "--in-flight-duration",
+        type=float,
+        default=None,
+        help="seconds of each loop of --in-flight (default: half of --duration)",
+    )
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -257,6 +319,25 @@ def main(argv: list[str] | None = None) -> None:
             for t, n in options
         ]
     )
+    threads = max(t for t, _ in options)
+    in_flight_s = args.in_flight_duration or args.duration / 2
+    result["in_flight"] = [
+        in_flight_bound(
+            args.model_dir,
+            args.endpoint,
+            corpus,
+            c,
+            args.batch_size,
+            in_flight_s,
+            threads,
+            lanes,
+            args.channels_last,
+            args.device,
+        )
+        if c < args.batch_size * lanes
+        else {"in_flight": c, "items_per_s": result["items_per_s"], "config": "the ceiling"}
+        for c in args.in_flight
+    ]
     result["inputs"] = corpus.source if corpus else "latent rows / seeds"
     print(json.dumps(result, indent=2))
     if args.json:

@@ -45,6 +45,13 @@ def _ceiling(report: dict[str, Any], endpoint: str, model: str) -> dict[str, Any
     )
 
 
+def _bound(ceil: dict[str, Any] | None, concurrency: int) -> dict[str, Any] | None:
+    """The in-process bound with at most `concurrency` items in flight, where measured."""
+    return next(
+        (b for b in (ceil or {}).get("in_flight", []) if b["in_flight"] == concurrency), None
+    )
+
+
 def _best(
     report: dict[str, Any], endpoint: str, model: str, concurrency: int, prefix: str
 ) -> Point | None:
@@ -98,9 +105,16 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 )
                 if ceil:
                     share = p["items_per_s"] / ceil["items_per_s"]
+                    bound = _bound(ceil, c)
+                    context = (
+                        f"; {p['items_per_s'] / bound['items_per_s']:.0%} of the in-process "
+                        f"{bound['items_per_s']} img/s with {c} in flight ({bound['config']})"
+                        if bound and bound["config"] != "the ceiling"
+                        else ""
+                    )
                     out.append({
                         "target": f"{label} c={c}: >= {CEILING_SHARE:.0%} of the in-process ceiling",
-                        "value": f"{share:.0%} ({p['items_per_s']} vs {ceil['items_per_s']} img/s, {p['contender']}){aside}",
+                        "value": f"{share:.0%} ({p['items_per_s']} vs {ceil['items_per_s']} img/s, {p['contender']}){context}{aside}",
                         "met": share >= CEILING_SHARE,
                     })  # fmt: skip
                 rival = _best(report, endpoint, model, c, "litserve")
@@ -236,12 +250,32 @@ def render_markdown(report: dict[str, Any]) -> str:
                     else "."
                 )
             )
-            lines.append("")
+            bounds = ceil.get("in_flight", [])
+            if bounds:
+                lines.append(
+                    "With at most c items in flight, as c closed-loop clients allow, in-process: "
+                    + "; ".join(
+                        f"c={b['in_flight']} **{b['items_per_s']:.1f} items/s** ({b['config']}"
+                        + (
+                            f", rounds {_cell(min(r))}-{_cell(max(r))}"
+                            if len(r := b.get("rounds_items_per_s", [])) > 1
+                            else ""
+                        )
+                        + ")"
+                        for b in bounds
+                    )
+                    + '. Column "% at c": items/s over this figure.'
+                )
+                lines.append("")
+        at_c = bool(ceil and ceil.get("in_flight"))
         lines.append(
-            "| c | contender | req/s | items/s | % of ceiling | p50 ms | p95 ms | p99 ms "
-            "| server p50 ms | errors | load |"
+            "| c | contender | req/s | items/s | % of ceiling | "
+            + ("% at c | " if at_c else "")
+            + "p50 ms | p95 ms | p99 ms | server p50 ms | errors | load |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append(
+            "|---|---|---|---|---|" + ("---|" if at_c else "") + "---|---|---|---|---|---|"
+        )
         points = [p for p in report["points"] if p["endpoint"] == endpoint and p["model"] == model]
         for p in sorted(
             points,
@@ -254,9 +288,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             if p.get("rounds_requests_per_s"):
                 spread = p["rounds_requests_per_s"]
                 rate += f" ({_cell(min(spread))}-{_cell(max(spread))})"
-            cells = [p["concurrency"], name, rate, p["items_per_s"], share,
-                     p["p50_ms"], p["p95_ms"], p["p99_ms"], p.get("server_p50_ms"), errors,
-                     p.get("load_avg_1m")]  # fmt: skip
+            cells = [p["concurrency"], name, rate, p["items_per_s"], share]
+            if at_c:
+                bound = _bound(ceil, p["concurrency"])
+                cells.append(f"{p['items_per_s'] / bound['items_per_s']:.0%}" if bound else "-")
+            cells += [p["p50_ms"], p["p95_ms"], p["p99_ms"], p.get("server_p50_ms"), errors,
+                      p.get("load_avg_1m")]  # fmt: skip
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         lines.append("")
     if report.get("targets"):

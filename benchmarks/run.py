@@ -321,8 +321,28 @@ def median_ceilings(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
                 ]
                 if len(same) > 1:
                     out[f"rounds_{figure}"] = values
+        if out.get("in_flight"):
+            out["in_flight"] = [
+                _median_bound(list(bounds))
+                for bounds in zip(*(c["in_flight"] for c in same), strict=True)
+            ]
         merged.append(out)
     return merged
+
+
+def _median_bound(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One in-flight bound (benchmarks.inprocess --in-flight) from every round's: the round with
+    the median items/s (the higher one of an even count), every round's figure beside it."""
+    out = dict(sorted(rounds, key=lambda b: b["items_per_s"])[len(rounds) // 2])
+    if len(rounds) > 1:
+        out["rounds_items_per_s"] = [b["items_per_s"] for b in rounds]
+    return out
+
+
+# Endpoints whose ceiling is also measured per concurrency (`--in-flight`): the image
+# classifier, whose full-size model is the compute-bound target, where fewer items in flight
+# mean smaller and dearer batches. The VAE endpoints are bound by the serving overhead.
+IN_FLIGHT_ENDPOINTS = ("classify",)
 
 
 def ceiling(model_dir: Path, endpoint: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -331,6 +351,8 @@ def ceiling(model_dir: Path, endpoint: str, args: argparse.Namespace, tmp: Path)
     cmd = [sys.executable, "-m", "benchmarks.inprocess", str(model_dir), "--endpoint", endpoint,
            "--batch-size", str(args.max_batch_size), "--duration", str(args.ceiling_duration),
            "--data-dir", str(args.data_dir), "--json", str(out), "--device", args.device]  # fmt: skip
+    if endpoint in IN_FLIGHT_ENDPOINTS:
+        cmd += ["--in-flight", *map(str, args.concurrency)]
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, timeout=600)
     return dict(json.loads(out.read_text()))
 
@@ -369,8 +391,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ceiling": "benchmarks.inprocess: decode + preprocess + forward at batch = max_batch_size; "
             "single-item latency at batch 1; throughput the best of 1 thread, all cores, and one "
             "single-threaded loop per core side by side; latency the best of 1 thread and all "
-            "cores; measured in every round, in turn with the servers, each figure the median of "
-            "the rounds",
+            "cores; for /classify also at each concurrency c, the most items/s with at most c "
+            "items in flight (`--in-flight`); measured in every round, in turn with the servers, "
+            "each figure the median of the rounds",
         },
         "inputs": {
             "classify": inputs.rgb.source,

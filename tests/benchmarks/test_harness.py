@@ -199,6 +199,30 @@ def test_inprocess_ceiling_side_by_side_counts_every_lane_and_is_kept_when_best(
     assert best["tried"] == {"1": [10.0, 3.0], "2x1": [20.0, None]}
 
 
+def test_in_flight_bound_runs_batches_no_larger_than_what_is_in_flight(model_dir: Path) -> None:
+    from benchmarks.inprocess import in_flight_bound
+
+    corpus = generated(8, (32, 32), "RGB", "JPEG")
+    before = torch.get_num_threads()
+    try:
+        # 6 in flight on 2 loops: one loop at batch 6 on both threads, or two at batch 3
+        six = in_flight_bound(
+            model_dir / "alexnet-cifar10", "classify", corpus, in_flight=6, batch_size=4,
+            duration=0.05, threads=2, loops=2,
+        )  # fmt: skip
+        # fewer in flight than loops: one loop, on every thread or on one
+        one = in_flight_bound(
+            model_dir / "alexnet-cifar10", "classify", corpus, in_flight=1, batch_size=4,
+            duration=0.05, threads=2, loops=2,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    assert set(six["tried"]) == {"2 at batch 4", "2x1 at batch 3"}  # capped by the batch size
+    assert six["items_per_s"] == max(six["tried"].values()) > 0
+    assert six["config"] in six["tried"] and six["in_flight"] == 6
+    assert set(one["tried"]) == {"2 at batch 1", "1 at batch 1"}
+
+
 def test_timed_loop_idles_outside_the_timed_calls() -> None:
     from benchmarks.inprocess import timed_loop
 
@@ -473,6 +497,26 @@ def test_ceiling_takes_each_figures_median_over_rounds() -> None:
     assert median_ceilings([]) == []
 
 
+def test_in_flight_bounds_take_their_median_round_per_concurrency() -> None:
+    from benchmarks.run import median_ceilings
+
+    def c(rate: float, bounds: list[tuple[int, float, str]]) -> dict[str, Any]:
+        return {"endpoint": "classify", "items_per_s": rate, "single_p50_ms": 1.0,
+                "in_flight": [{"in_flight": n, "items_per_s": r, "config": cfg}
+                              for n, r, cfg in bounds]}  # fmt: skip
+
+    rounds = [
+        [c(80, [(16, 60.0, "2x1 at batch 8"), (64, 80, "the ceiling")])],
+        [c(70, [(16, 55.0, "2 at batch 16"), (64, 70, "the ceiling")])],
+        [c(75, [(16, 65.0, "2x1 at batch 8"), (64, 75, "the ceiling")])],
+    ]
+    (merged,) = median_ceilings(rounds)
+    c16, c64 = merged["in_flight"]
+    assert (c16["in_flight"], c16["items_per_s"], c16["config"]) == (16, 60.0, "2x1 at batch 8")
+    assert c16["rounds_items_per_s"] == [60.0, 55.0, 65.0]
+    assert c64["items_per_s"] == 75  # the same rule as the ceiling's own figure
+
+
 def test_contenders_alternate_and_cover_every_configuration() -> None:
     from benchmarks.run import contenders, parse_args
 
@@ -503,6 +547,40 @@ def test_markdown_shows_the_range_of_rounds() -> None:
     }  # fmt: skip
     md = render_markdown(report)
     assert "| 1 | **ours** | 200 (150-260) |" in md and "swept 3 times" in md
+    assert "% at c" not in md  # no bound per concurrency measured: no column for it
+
+
+def test_report_sets_each_point_beside_the_bound_at_its_concurrency() -> None:
+    full = "alexnet-imagenet-random"
+    ceiling = {
+        "endpoint": "classify", "model": full, "items_per_s": 80.0, "batch_size": 32,
+        "threads": 1, "lanes": 2, "single_p50_ms": 25.0,
+        "in_flight": [{"in_flight": 16, "items_per_s": 64.0, "config": "2x1 at batch 8",
+                       "rounds_items_per_s": [60.0, 64.0, 66.0]},
+                      {"in_flight": 64, "items_per_s": 80.0, "config": "the ceiling"}],
+    }  # fmt: skip
+    report: dict[str, Any] = {
+        "date": "d", "command": "c", "inputs": {}, "models": {"full": f"/x/full/{full}"},
+        "ceiling": [ceiling],
+        "points": [_point("ours-l2", "classify", full, 16, 64, 200, 300),
+                   _point("ours-l2", "classify", full, 64, 72, 800, 1000)],
+        "machine": {"cpu": "cpu", "cores": 2, "cores_usable": 2, "memory_gb": 1, "platform": "p",
+                    "python": "3", "torch": "2", "torch_threads_default": 2, "litserve": "0",
+                    "commit": "abc", "load_avg_at_start": [0, 0, 0]},
+        "config": {"warmup_s": 1, "duration_s": 2, "max_batch_size": 32, "batch_timeout_ms": 2,
+                   "ours": "o", "litserve": "l", "litserve_workers": [1], "ceiling": "c"},
+    }  # fmt: skip
+    md = render_markdown(report)
+    assert "c=16 **64.0 items/s** (2x1 at batch 8, rounds 60.0-66.0)" in md
+    assert "| 16 | **ours-l2** | 64 | 64 | 80% | 100% |" in md
+    assert "| 64 | **ours-l2** | 72 | 72 | 90% | 90% |" in md
+    found = {t["target"]: t for t in check_targets(report)}
+    c16 = found[f"classify {full} c=16: >= 85% of the in-process ceiling"]
+    # The target keeps the denominator; the bound at c=16 is context beside it.
+    assert c16["met"] is False
+    assert "100% of the in-process 64.0 img/s with 16 in flight (2x1 at batch 8)" in c16["value"]
+    c64 = found[f"classify {full} c=64: >= 85% of the in-process ceiling"]
+    assert c64["met"] is True and "in flight" not in c64["value"]
 
 
 def test_profile_summary_counts_self_and_inclusive_samples() -> None:
