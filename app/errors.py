@@ -85,12 +85,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, e: Overloaded) -> JSONResponse:
-        request.app.state.metrics.rejected.labels("overloaded").inc()
+        request.app.state.metrics.reject("overloaded")
         return error_response(503, str(e), {"Retry-After": str(e.retry_after)})
 
     @app.exception_handler(DeadlineExceeded)
     async def deadline(request: Request, e: DeadlineExceeded) -> JSONResponse:
-        request.app.state.metrics.rejected.labels("deadline").inc()
+        request.app.state.metrics.reject("deadline")
         return error_response(504, str(e))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from fastapi import Depends, FastAPI
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from app import errors
@@ -93,6 +94,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router, dependencies=[] if settings.open_probes else auth)
     app.add_middleware(
         ServingMiddleware, metrics=app.state.metrics, max_body=settings.max_upload_bytes
+    )
+    app.state.metrics.known_routes(
+        (route.path, method)
+        for router in (classify.router, vae.router, models.router, health.router)
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        for method in sorted(route.methods or ())
     )
     return app
 

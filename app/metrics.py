@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterable
+from typing import Literal, get_args
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,6 +30,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 # Seconds: from 0.5 ms (a warm tiny model) to 10 s (a saturated big one).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Why a request was refused or abandoned: 503 queue full, 504 past its deadline, client gone.
+RejectReason = Literal["overloaded", "deadline", "disconnected"]
 
 
 class Metrics:
@@ -93,10 +97,22 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Every series an alert divides by or takes increase() of exists from the start, at 0:
+        # Prometheus cannot see a counter's first increment when the series appears with it.
+        for reason in get_args(RejectReason):
+            self.rejected.labels(reason)
         self.model_info = Gauge(
             "modelserve_model_info",
             "Loaded models (value 1), with their card's identity.",
             ["model", "architecture", "dataset", "device", "weights_sha256"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.model_load_failed = Gauge(
+            "modelserve_model_load_failed",
+            "Model directories that failed to load (value 1), by directory name; the service "
+            "serves the others (GET /readyz lists why).",
+            ["model"],
             registry=r,
             multiprocess_mode="max",
         )
@@ -107,6 +123,20 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+
+    def reject(self, reason: RejectReason) -> None:
+        """Count one refused or abandoned request."""
+        self.rejected.labels(reason).inc()
+
+    def known_routes(self, routes: Iterable[tuple[str, str]]) -> None:
+        """Start each (route template, method)'s 500 count at 0, for alerts on increase()."""
+        for path, method in routes:
+            self.http_requests.labels(path, method, "500")
+
+    def known_model_op(self, model: str, op: str) -> None:
+        """Start a model operation's item and error counts at 0."""
+        self.items.labels(model, op)
+        self.errors.labels(model, op)
 
     def set_build_info(self, version: str, torch_version: str) -> None:
         """Record the service's and its runtime's versions."""

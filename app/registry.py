@@ -124,6 +124,8 @@ class Registry:
                 p.name, c.architecture, c.dataset.name, str(self.device), c.weights_sha256[:12]
             ).set(1)
             log.info("model %s loaded from %s on %s", p.name, d, self.device)
+        for name in failed:
+            self.metrics.model_load_failed.labels(name).set(1)
         # Published whole, so probes never see a half-built dict.
         self.predictors, self.failed = loaded, failed
 
@@ -132,6 +134,7 @@ class Registry:
         s = self.settings
         for p in self.predictors.values():
             for op in p.ops:
+                self.metrics.known_model_op(p.name, op)
                 self.batchers[p.name, op] = Batcher(
                     p.batch_fn(op),
                     max_batch_size=s.max_batch_size,

@@ -140,5 +140,5 @@ async def infer(
         task.uncancel()
     finally:
         watcher.cancel()
-    request.app.state.metrics.rejected.labels("disconnected").inc()
+    request.app.state.metrics.reject("disconnected")
     raise HTTPException(CLIENT_GONE, "client disconnected before the answer was ready")

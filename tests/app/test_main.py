@@ -75,6 +75,10 @@ def test_a_bad_checkpoint_is_left_out_and_reported(tmp_path: Path, fault: str, w
             and "vae-frey" in failed["error"]
         )
         assert c.get("/models").json()["failed"] == ready["failed"]
+        # ... and to Prometheus, for an alert (deploy/alerts.yml): the failed one only
+        metrics = c.get("/metrics").text
+        assert 'modelserve_model_load_failed{model="vae-frey"} 1.0' in metrics
+        assert metrics.count("modelserve_model_load_failed{") == 1
         assert c.post("/decode?model=vae-frey", json={"z": [[0.0] * 3]}).status_code == 404
         assert c.post("/decode", json={"z": [[0.0] * 3]}).status_code == 200
 
