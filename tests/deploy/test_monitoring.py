@@ -1,13 +1,15 @@
-"""deploy/alerts.yml: Prometheus loads it, every rule parses as PromQL, and every metric, label
-and label value a rule selects is one the running service exports.
+"""deploy/: Prometheus loads the rules in alerts.yml, Grafana the data source and dashboard
+under grafana/; every rule and panel query parses as PromQL, and every metric, label and label
+value it selects is one the running service exports.
 
-A rule that names a metric, label or value the service does not export never fires and
-nothing says so: these checks are what stands between such a typo and an alert that stays
-silent in an outage.
+A rule that names a metric, label or value the service does not export never fires and nothing
+says so, and such a panel stays empty: these checks are what stands between such a typo and an
+alert that stays silent in an outage.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,14 +30,35 @@ PROMETHEUS = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
 ALL_RULES = [rule for group in RULES["groups"] for rule in group["rules"]]
 ALERTS = [rule for rule in ALL_RULES if "alert" in rule]
 RECORDED = {rule["record"] for rule in ALL_RULES if "record" in rule}
-# Labels Prometheus itself attaches to every scraped series, and the histogram bucket label.
-TARGET_LABELS = {"job", "instance"}
-HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
-PROMETHEUS_DURATION = re.compile(r"^(\d+[smhdwy])+$")
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = json.loads((GRAFANA / "dashboards" / "modelserve.json").read_text())
+# Grafana fills in its interval variables before the query reaches Prometheus.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s"}
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    out = []
+    for panel in DASHBOARD["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            out.append((f"panel:{panel['title']}/{target['refId']}", expr))
+    return out
 
 
 def _name(rule: dict[str, Any]) -> str:
     return str(rule.get("alert") or rule.get("record"))
+
+
+# Every PromQL expression deploy/ holds, by where it is.
+QUERIES = [
+    (f"{'alert' if 'alert' in rule else 'record'}:{_name(rule)}", rule["expr"])
+    for rule in ALL_RULES
+] + _dashboard_queries()
+# Labels Prometheus itself attaches to every scraped series.
+TARGET_LABELS = {"job", "instance"}
+PROMETHEUS_DURATION = re.compile(r"^(\d+[smhdwy])+$")
 
 
 def _nodes(expr: str) -> Iterator[Any]:
@@ -111,28 +134,26 @@ def test_rules_are_well_formed() -> None:
         assert PROMETHEUS_DURATION.match(alert.get("for", "0s")), alert["alert"]
 
 
-@pytest.mark.parametrize("rule", ALL_RULES, ids=_name)
-def test_every_expression_parses_as_promql(rule: dict[str, Any]) -> None:
-    promql.parse(rule["expr"])  # raises on a syntax error
+@pytest.mark.parametrize(("where", "expr"), QUERIES, ids=[q[0] for q in QUERIES])
+def test_every_query_parses_as_promql(where: str, expr: str) -> None:
+    promql.parse(expr)  # raises on a syntax error
 
 
-@pytest.mark.parametrize("rule", ALL_RULES, ids=_name)
+@pytest.mark.parametrize(("where", "expr"), QUERIES, ids=[q[0] for q in QUERIES])
 def test_every_selector_matches_what_the_service_exports(
-    rule: dict[str, Any], scraped: dict[str, Any]
+    where: str, expr: str, scraped: dict[str, Any]
 ) -> None:
     series: dict[str, dict[str, set[str]]] = scraped["series"]
     scrape_jobs = {job["job_name"] for job in PROMETHEUS["scrape_configs"]}
-    for selector in _selectors(rule["expr"]):
+    for selector in _selectors(expr):
         name = selector.name
-        if name == "up":  # Prometheus's own: one per target, labelled with the scrape job
-            labels: dict[str, set[str]] = {"job": scrape_jobs}
-        else:
-            assert name in series or name in RECORDED, f"{_name(rule)}: {name} is not exported"
-            labels = series.get(name, {})
+        assert name == "up" or name in series or name in RECORDED, f"{where}: {name} not exported"
+        # `job` is the scrape job's name; the other labels are the service's own.
+        labels: dict[str, set[str]] = {**series.get(name, {}), "job": scrape_jobs}
         for matcher in selector.matchers.matchers:
-            if matcher.name in ("instance",) or (matcher.name == "job" and name != "up"):
-                continue  # target labels: whatever the scrape config says
-            assert matcher.name in labels, f"{_name(rule)}: {name} has no label {matcher.name!r}"
+            if matcher.name == "instance":
+                continue  # host:port of whatever the scrape config targets
+            assert matcher.name in labels, f"{where}: {name} has no label {matcher.name!r}"
             wanted = (
                 matcher.value.split("|") if matcher.op == promql.MatchOp.Re else [matcher.value]
             )
@@ -141,16 +162,16 @@ def test_every_selector_matches_what_the_service_exports(
                 continue
             known = scraped["routes"] if matcher.name == "route" else labels[matcher.name]
             missing = [v for v in wanted if v not in known]
-            assert not missing, f"{_name(rule)}: {name}{{{matcher.name}}} never takes {missing}"
+            assert not missing, f"{where}: {name}{{{matcher.name}}} never takes {missing}"
 
 
-@pytest.mark.parametrize("rule", ALL_RULES, ids=_name)
+@pytest.mark.parametrize(("where", "expr"), QUERIES, ids=[q[0] for q in QUERIES])
 def test_every_grouping_label_exists_on_what_is_grouped(
-    rule: dict[str, Any], scraped: dict[str, Any]
+    where: str, expr: str, scraped: dict[str, Any]
 ) -> None:
     """`sum by (route)` over a metric without `route` sums everything into one series."""
     series: dict[str, dict[str, set[str]]] = scraped["series"]
-    for node in _nodes(rule["expr"]):
+    for node in _nodes(expr):
         if isinstance(node, promql.AggregateExpr) and node.modifier is not None:
             grouped = {s.name for s in _selectors(str(node.expr))}
             for label in node.modifier.labels:
@@ -158,7 +179,7 @@ def test_every_grouping_label_exists_on_what_is_grouped(
                     continue
                 for name in grouped:
                     assert label in series.get(name, {}), (
-                        f"{_name(rule)}: by ({label}) but {name} has no such label"
+                        f"{where}: by ({label}) but {name} has no such label"
                     )
 
 
@@ -169,11 +190,11 @@ def test_the_model_routes_the_rules_select_are_every_model_endpoint(
     model endpoint added later must be added to them too."""
     model_routes = {"/classify", "/encode", "/decode", "/sample"}
     assert model_routes <= scraped["routes"]
-    for rule in ALL_RULES:
-        for selector in _selectors(rule["expr"]):
+    for where, expr in QUERIES:
+        for selector in _selectors(expr):
             for matcher in selector.matchers.matchers:
                 if matcher.name == "route" and matcher.op == promql.MatchOp.Re:
-                    assert set(matcher.value.split("|")) == model_routes, _name(rule)
+                    assert set(matcher.value.split("|")) == model_routes, where
 
 
 def test_the_counters_alerts_take_increase_of_exist_before_their_first_event(
@@ -189,3 +210,53 @@ def test_the_counters_alerts_take_increase_of_exist_before_their_first_event(
     assert {"/classify", "/sample"} <= series["modelserve_http_requests_total"]["route"]
     assert series["modelserve_inference_errors_total"]["op"] == {"classify", "encode", "decode"}
     assert series["modelserve_model_load_failed"]["model"] == {"vae-frey"}
+
+
+def test_grafana_reads_prometheus_and_the_dashboard_from_what_compose_mounts() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    grafana, prometheus = compose["services"]["grafana"], compose["services"]["prometheus"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"]}
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    dashboards_dir = mounts["./deploy/grafana/dashboards"]
+    (source,) = yaml.safe_load(
+        (GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )["datasources"]
+    # The data source is the compose service, on the port it listens on.
+    port = next(p.split(":")[1] for p in prometheus["ports"] if str(p).startswith("9090"))
+    assert source["url"] == f"http://prometheus:{port}" and source["type"] == "prometheus"
+    (provider,) = yaml.safe_load(
+        (GRAFANA / "provisioning" / "dashboards" / "modelserve.yml").read_text()
+    )["providers"]
+    assert provider["options"]["path"] == dashboards_dir
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{dashboards_dir}/modelserve.json"
+    # Every panel queries that data source, by the uid it is provisioned with.
+    for panel in DASHBOARD["panels"]:
+        assert panel["datasource"] == {"type": "prometheus", "uid": source["uid"]}, panel["title"]
+        assert all(t["datasource"]["uid"] == source["uid"] for t in panel["targets"])
+
+
+def test_dashboard_panels_have_unique_ids_and_do_not_overlap() -> None:
+    panels = DASHBOARD["panels"]
+    assert DASHBOARD["uid"] == "modelserve" and panels
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for p in panels:
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]  # Grafana's grid is 24 wide
+        mine = {(g["x"] + i, g["y"] + j) for i in range(g["w"]) for j in range(g["h"])}
+        assert not cells & mine, f"{p['title']} overlaps another panel"
+        cells |= mine
+
+
+def test_dashboard_shows_every_metric_the_service_exports(scraped: dict[str, Any]) -> None:
+    """A metric added to the service gets a panel, or this test says which is missing."""
+    shown = {s.name for _, expr in _dashboard_queries() for s in _selectors(expr)}
+    exported = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for name in scraped["series"]
+        if name.startswith("modelserve_") and not name.endswith("_created")
+    }
+    family = {re.sub(r"_(bucket|sum|count)$", "", name) for name in shown}
+    missing = exported - family - {"modelserve_build_info"}  # versions: see GET /models
+    assert not missing, f"no panel shows {sorted(missing)}"
