@@ -35,6 +35,9 @@ try:
 except PackageNotFoundError:  # running from a checkout without `pip install -e .`
     __version__ = "0.0.0+local"
 
+# Every router the app serves besides the probes (health.router); known_routes reads them too.
+API_ROUTERS = (classify.router, vae.router, models.router)
+
 DESCRIPTION = """Serving for AlexNet (classification) and the AEVB variational autoencoder.
 Errors are JSON `{"detail", "status", "request_id"}`; every response carries `X-Request-ID`."""
 
@@ -89,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Declared only when a key is configured, so the OpenAPI schema says what the service does:
     # with no key, X-API-Key is not required (require_api_key would let everything through).
     auth = [Depends(require_api_key)] if settings.api_key is not None else []
-    for router in (classify.router, vae.router, models.router):
+    for router in API_ROUTERS:
         app.include_router(router, dependencies=auth)
     app.include_router(health.router, dependencies=[] if settings.open_probes else auth)
     app.add_middleware(
@@ -97,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.metrics.known_routes(
         (route.path, method)
-        for router in (classify.router, vae.router, models.router, health.router)
+        for router in (*API_ROUTERS, health.router)
         for route in router.routes
         if isinstance(route, APIRoute)
         for method in sorted(route.methods or ())

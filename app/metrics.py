@@ -84,12 +84,20 @@ class Metrics:
             ["model", "op"],
             registry=r,
         )
+        # One series per worker process in multiprocess mode (label `pid`): each worker's queue
+        # has its own limit, so a sum over workers would hide which one is full.
         self.queue_depth = Gauge(
             "modelserve_queue_items",
             "Items waiting for a batch, by model and operation.",
             ["model", "op"],
             registry=r,
-            multiprocess_mode="livesum",
+            multiprocess_mode="liveall",
+        )
+        self.queue_limit = Gauge(
+            "modelserve_queue_limit_items",
+            "Items a model operation's queue holds before requests get 503 (MODELSERVE_MAX_QUEUE).",
+            registry=r,
+            multiprocess_mode="max",
         )
         self.rejected = Counter(
             "modelserve_rejected_requests_total",
@@ -132,11 +140,6 @@ class Metrics:
         """Start each (route template, method)'s 500 count at 0, for alerts on increase()."""
         for path, method in routes:
             self.http_requests.labels(path, method, "500")
-
-    def known_model_op(self, model: str, op: str) -> None:
-        """Start a model operation's item and error counts at 0."""
-        self.items.labels(model, op)
-        self.errors.labels(model, op)
 
     def set_build_info(self, version: str, torch_version: str) -> None:
         """Record the service's and its runtime's versions."""

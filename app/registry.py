@@ -132,9 +132,9 @@ class Registry:
     def start(self) -> None:
         """Create the batchers on the running loop and mark the registry loaded."""
         s = self.settings
+        self.metrics.queue_limit.set(s.max_queue)
         for p in self.predictors.values():
             for op in p.ops:
-                self.metrics.known_model_op(p.name, op)
                 self.batchers[p.name, op] = Batcher(
                     p.batch_fn(op),
                     max_batch_size=s.max_batch_size,

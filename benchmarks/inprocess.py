@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         "--in-flight-duration",
         type=float,
         default=None,
-        help="seconds of each loop of --in-flight (default: half of --duration)",
+        help="seconds of each loop of --in-flight (default: --duration)",
     )
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
     )
     threads = max(t for t, _ in options)
-    in_flight_s = args.in_flight_duration or args.duration / 2
+    in_flight_s = args.in_flight_duration or args.duration
     result["in_flight"] = [
         in_flight_bound(
             args.model_dir,

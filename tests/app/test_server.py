@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -234,6 +235,14 @@ def test_several_workers_share_one_metrics_view(
                 and 'route="/classify"' in line
             )
             assert counted == 20, text
+        # Each worker's queue has its own limit: one queue series per worker, not a sum.
+        queues = [
+            line
+            for line in text.splitlines()
+            if line.startswith("modelserve_queue_items{") and 'op="classify"' in line
+        ]
+        assert len({re.search(r'pid="(\d+)"', q).group(1) for q in queues}) == 2, queues  # type: ignore[union-attr]
+        assert "modelserve_queue_limit_items 512.0" in text
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -550,6 +550,22 @@ def test_markdown_shows_the_range_of_rounds() -> None:
     assert "% at c" not in md  # no bound per concurrency measured: no column for it
 
 
+def test_a_bound_never_falls_as_concurrency_grows_nor_passes_the_ceiling() -> None:
+    from benchmarks.report import _bound
+
+    ceiling = {
+        "items_per_s": 400.0,
+        "in_flight": [{"in_flight": 4, "items_per_s": 300.0, "config": "a"},
+                      {"in_flight": 16, "items_per_s": 280.0, "config": "b"},  # noise: below c=4
+                      {"in_flight": 32, "items_per_s": 430.0, "config": "c"}],  # above the ceiling
+    }  # fmt: skip
+    c4, c16, c32 = (_bound(ceiling, c) for c in (4, 16, 32))
+    assert c4 is not None and c16 is not None and c32 is not None
+    assert (c4["items_per_s"], c16["items_per_s"], c32["items_per_s"]) == (300.0, 300.0, 400.0)
+    assert (c16["measured_items_per_s"], c16["config"]) == (280.0, "b")  # kept beside it
+    assert _bound(ceiling, 64) is None  # not measured
+
+
 def test_report_sets_each_point_beside_the_bound_at_its_concurrency() -> None:
     full = "alexnet-imagenet-random"
     ceiling = {

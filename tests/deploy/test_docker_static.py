@@ -207,7 +207,7 @@ def test_api_service_is_read_only_non_root_with_tmp(services: dict[str, Any]) ->
 def test_prometheus_service_mounts_repo_config(services: dict[str, Any]) -> None:
     prom = services["prometheus"]
     assert prom["image"].startswith("prom/prometheus:")
-    assert "9090:9090" in [str(p) for p in prom["ports"]]
+    assert "127.0.0.1:9090:9090" in [str(p) for p in prom["ports"]]
     assert any(
         v.startswith("./deploy/prometheus.yml:/etc/prometheus/prometheus.yml")
         for v in prom["volumes"]

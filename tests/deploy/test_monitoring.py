@@ -79,9 +79,9 @@ def _selectors(expr: str) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A scrape of the real app on tiny checkpoints, one of them broken, after one request to
-    every model endpoint: each series name -> the label names and values it carries, and the
-    app's route templates."""
+    """Scrapes of the real app on tiny checkpoints, one of them broken: `fresh` once it is
+    ready, before any request, `series` after one request to every model endpoint (each series
+    name -> the label names and values it carries); the app's operations from its OpenAPI."""
     root = tmp_path_factory.mktemp("alert-models")
     make_alexnet(root)
     make_vae(root)
@@ -90,6 +90,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     app = create_app(test_settings(root))
     with TestClient(app) as c:
         wait_ready(c)
+        fresh = c.get("/metrics").text
         image = png_bytes((32, 32))
         assert (
             c.post("/classify", files={"image": ("a.png", image, "image/png")}).status_code == 200
@@ -100,14 +101,21 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         assert c.get("/sample?n=1").status_code == 200
         text = c.get("/metrics").text
     series: dict[str, dict[str, set[str]]] = {}
+    for name, labels in _samples(text):
+        for key, value in labels.items():
+            series.setdefault(name, {}).setdefault(key, set()).add(value)
+        series.setdefault(name, {})
+    paths = app.openapi()["paths"]
+    operations = {(path, method.upper()) for path, ops in paths.items() for method in ops}
+    return {"series": series, "fresh": fresh, "routes": set(paths), "operations": operations}
+
+
+def _samples(text: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """(name, labels) of every sample of a Prometheus text exposition."""
     for line in text.splitlines():
         m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? ", line)
-        if not m or line.startswith("#"):
-            continue
-        labels = series.setdefault(m.group(1), {})
-        for key, value in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""):
-            labels.setdefault(key, set()).add(value)
-    return {"series": series, "routes": set(app.openapi()["paths"])}
+        if m and not line.startswith("#"):
+            yield m.group(1), dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
 
 
 def test_prometheus_loads_the_rules_and_compose_mounts_them_beside_its_config() -> None:
@@ -201,28 +209,42 @@ def test_the_counters_alerts_take_increase_of_exist_before_their_first_event(
     scraped: dict[str, Any],
 ) -> None:
     """increase() cannot see a counter's first increment if the series appears with it, so the
-    service exports these at 0 from the start."""
-    series: dict[str, dict[str, set[str]]] = scraped["series"]
-    assert series["modelserve_rejected_requests_total"]["reason"] == {
-        "overloaded", "deadline", "disconnected",
+    service exports these at 0 before any request: the first 500 on any route, the first
+    refused request, the first failed batch."""
+    fresh = list(_samples(scraped["fresh"]))
+    errors = {
+        (labels["route"], labels["method"])
+        for name, labels in fresh
+        if name == "modelserve_http_requests_total" and labels["status"] == "500"
+    }
+    assert errors == scraped["operations"]  # every route and method the app serves
+    reasons = {labels["reason"] for name, labels in fresh if name.startswith("modelserve_rej")}
+    assert reasons == {"overloaded", "deadline", "disconnected"}
+    failed_batches = {
+        (labels["model"], labels["op"])
+        for name, labels in fresh
+        if name == "modelserve_inference_errors_total"
+    }
+    assert failed_batches == {
+        ("alexnet-cifar10", "classify"), ("vae-mnist", "encode"), ("vae-mnist", "decode"),
     }  # fmt: skip
-    assert "500" in series["modelserve_http_requests_total"]["status"]
-    assert {"/classify", "/sample"} <= series["modelserve_http_requests_total"]["route"]
-    assert series["modelserve_inference_errors_total"]["op"] == {"classify", "encode", "decode"}
-    assert series["modelserve_model_load_failed"]["model"] == {"vae-frey"}
+    assert ("modelserve_model_load_failed", {"model": "vae-frey"}) in fresh
 
 
 def test_grafana_reads_prometheus_and_the_dashboard_from_what_compose_mounts() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     grafana, prometheus = compose["services"]["grafana"], compose["services"]["prometheus"]
     mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"]}
-    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    provisioning = "./deploy/grafana/provisioning"
+    for kind in ("datasources", "dashboards"):  # its own folders only, the others left as shipped
+        assert mounts[f"{provisioning}/{kind}"] == f"/etc/grafana/provisioning/{kind}"
     dashboards_dir = mounts["./deploy/grafana/dashboards"]
     (source,) = yaml.safe_load(
         (GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text()
     )["datasources"]
     # The data source is the compose service, on the port it listens on.
-    port = next(p.split(":")[1] for p in prometheus["ports"] if str(p).startswith("9090"))
+    (published,) = prometheus["ports"]
+    port = str(published).rsplit(":", 1)[1]  # the container's port
     assert source["url"] == f"http://prometheus:{port}" and source["type"] == "prometheus"
     (provider,) = yaml.safe_load(
         (GRAFANA / "provisioning" / "dashboards" / "modelserve.yml").read_text()
@@ -260,3 +282,10 @@ def test_dashboard_shows_every_metric_the_service_exports(scraped: dict[str, Any
     family = {re.sub(r"_(bucket|sum|count)$", "", name) for name in shown}
     missing = exported - family - {"modelserve_build_info"}  # versions: see GET /models
     assert not missing, f"no panel shows {sorted(missing)}"
+
+
+def test_monitoring_uis_are_published_on_the_loopback_only() -> None:
+    """Prometheus has no authentication, and Grafana's admin starts as admin/admin."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name in ("prometheus", "grafana"):
+        assert all(str(p).startswith("127.0.0.1:") for p in compose["services"][name]["ports"])
