@@ -118,31 +118,23 @@ def measure(
     }
     if lanes > 1:
         items, elapsed = side_by_side(step, lanes, threads, batch_size, duration)
-        return config | {
-            "items": items,
-            "seconds": round(elapsed, 3),
-            "items_per_s": round(items / elapsed, 2),
-            "single_p50_ms": None,
-        }
-    timed_loop(step, batch_size, min(1.0, duration / 4))  # warm-up: allocator, oneDNN kernels
-    items, elapsed, _ = timed_loop(step, batch_size, duration)
-    if throughput_only:
-        return config | {
-            "items": items,
-            "seconds": round(elapsed, 3),
-            "items_per_s": round(items / elapsed, 2),
-            "single_p50_ms": None,
-        }
+    else:
+        timed_loop(step, batch_size, min(1.0, duration / 4))  # warm-up: allocator, oneDNN kernels
+        items, elapsed, _ = timed_loop(step, batch_size, duration)
+    throughput = config | {
+        "items": items,
+        "seconds": round(elapsed, 3),
+        "items_per_s": round(items / elapsed, 2),
+    }
+    if lanes > 1 or throughput_only:
+        return throughput | {"single_p50_ms": None}
     _, _, singles = timed_loop(step, 1, min(2.0, duration / 2))
     singles_ms = sorted(1000 * t for t in singles)
     # The same single item after IDLE_S of idle, as a server sees it at concurrency 1 (its
     # forward follows the round trip of the previous answer, not another forward): for
     # reading the c=1 gap only; the target compares with the back-to-back figure above.
     _, _, after_idle = timed_loop(step, 1, min(1.0, duration / 4), idle=IDLE_S)
-    return config | {
-        "items": items,
-        "seconds": round(elapsed, 3),
-        "items_per_s": round(items / elapsed, 2),
+    return throughput | {
         "single_p50_ms": round(statistics.median(singles_ms), 3),
         "single_p99_ms": round(
             singles_ms[min(len(singles_ms) - 1, int(0.99 * len(singles_ms)))], 3
