@@ -18,6 +18,7 @@ from typing import Any
 import promql_parser as promql
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from tests.app.conftest import LATENT, make_alexnet, make_vae, png_bytes, test_settings, wait_ready
@@ -27,6 +28,7 @@ yaml = pytest.importorskip("yaml", reason="pyyaml is in the dev extra: pip insta
 ROOT = Path(__file__).resolve().parents[2]
 RULES = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())
 PROMETHEUS = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 ALL_RULES = [rule for group in RULES["groups"] for rule in group["rules"]]
 ALERTS = [rule for rule in ALL_RULES if "alert" in rule]
 RECORDED = {rule["record"] for rule in ALL_RULES if "record" in rule}
@@ -112,16 +114,14 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _samples(text: str) -> Iterator[tuple[str, dict[str, str]]]:
     """(name, labels) of every sample of a Prometheus text exposition."""
-    for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? ", line)
-        if m and not line.startswith("#"):
-            yield m.group(1), dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            yield sample.name, sample.labels
 
 
 def test_prometheus_loads_the_rules_and_compose_mounts_them_beside_its_config() -> None:
     assert "alerts.yml" in PROMETHEUS["rule_files"]  # relative to prometheus.yml's directory
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    volumes = compose["services"]["prometheus"]["volumes"]
+    volumes = COMPOSE["services"]["prometheus"]["volumes"]
     assert "./deploy/alerts.yml:/etc/prometheus/alerts.yml:ro" in volumes
     assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in volumes
 
@@ -232,8 +232,7 @@ def test_the_counters_alerts_take_increase_of_exist_before_their_first_event(
 
 
 def test_grafana_reads_prometheus_and_the_dashboard_from_what_compose_mounts() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    grafana, prometheus = compose["services"]["grafana"], compose["services"]["prometheus"]
+    grafana, prometheus = COMPOSE["services"]["grafana"], COMPOSE["services"]["prometheus"]
     mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"]}
     provisioning = "./deploy/grafana/provisioning"
     for kind in ("datasources", "dashboards"):  # its own folders only, the others left as shipped
@@ -286,6 +285,5 @@ def test_dashboard_shows_every_metric_the_service_exports(scraped: dict[str, Any
 
 def test_monitoring_uis_are_published_on_the_loopback_only() -> None:
     """Prometheus has no authentication, and Grafana's admin starts as admin/admin."""
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     for name in ("prometheus", "grafana"):
-        assert all(str(p).startswith("127.0.0.1:") for p in compose["services"][name]["ports"])
+        assert all(str(p).startswith("127.0.0.1:") for p in COMPOSE["services"][name]["ports"])
