@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.alexnet import PRESETS, AlexNet, AlexNetConfig, LocalResponseNorm
+from models.alexnet import PRESETS, AlexNet, AlexNetConfig, LocalResponseNorm, _LRNFunction
 
 # Parameters (weights + biases) per layer of the ImageNet network with 1000 classes.
 IMAGENET_COUNTS = {
@@ -121,6 +121,27 @@ def test_lrn_keeps_dtype_and_memory_format() -> None:
     half = lrn(x.bfloat16().requires_grad_())
     assert half.dtype == torch.bfloat16
     half.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_lrn_inference_in_slices_is_the_whole_batch_forward(
+    dtype: torch.dtype, channels_last: bool
+) -> None:
+    # 16 x 64 x 64 float32 activations per image: slices of 4 images, the last one of 2
+    x = torch.randn(10, 16, 64, 64, generator=torch.Generator().manual_seed(2)).mul_(30)
+    x = x.to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    lrn = LocalResponseNorm()
+    whole = _LRNFunction.apply(x, lrn.size, lrn.alpha, lrn.beta, lrn.k)
+    with torch.inference_mode():
+        sliced = lrn(x)
+    assert sliced.dtype == dtype
+    assert sliced.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert torch.equal(sliced, whole)
+    with torch.no_grad():
+        assert torch.equal(lrn(x), whole)
 
 
 def test_overlapping_pooling_and_dropout() -> None:
