@@ -172,6 +172,24 @@ def torch_device_type(device: str) -> str:
     return device.split(":", 1)[0]
 
 
+def cpu_id(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """ "family 26 model 2 stepping 1" from /proc/cpuinfo (None where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        with cpuinfo.open(encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return None
+    parts = [
+        f"{k.split()[-1]} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields
+    ]
+    return " ".join(parts) or None
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
@@ -190,6 +208,10 @@ def machine() -> dict[str, Any]:
     )
     return {
         "cpu": cpu,
+        # "AMD EPYC" names several generations: family/model/stepping and the vector ISA torch
+        # dispatches to tell them apart (the same VM name has run 2.7x apart in images/s)
+        "cpu_id": cpu_id(),
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

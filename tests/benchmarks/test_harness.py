@@ -27,6 +27,7 @@ from benchmarks.inprocess import measure
 from benchmarks.inputs import generated, latent_rows
 from benchmarks.report import check_targets, compute_bound_config, render_markdown
 from benchmarks.report import main as report_main
+from benchmarks.run import cpu_id, machine
 from tests.app.conftest import LATENT, make_alexnet, make_vae
 
 
@@ -451,6 +452,21 @@ def test_markdown_report_has_every_point_and_target() -> None:
     assert "## /decode · v" in md and "| 1 | **ours** | 200 |" in md and "litserve-w1" in md
     assert "peak req/s >= 1.3x LitServe's | 4.00x" in md
     assert "c=1: p50 within 2 ms of in-process | +4.80 ms" in md and "**no**" in md
+    assert "Machine: cpu, 2 cores" in md  # a report from before the CPU's id was recorded
+    report["machine"] |= {"cpu_id": "family 26 model 2 stepping 1", "cpu_isa": "AVX512"}
+    assert "Machine: cpu (family 26 model 2 stepping 1, AVX512), 2 cores" in render_markdown(report)
+
+
+def test_machine_names_the_cpu_generation(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    block = "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+    info.write_text(block.format(n=0) + "model name\t: AMD EPYC\nstepping\t: 1\n\n"
+                    + block.format(n=1) + "stepping\t: 9\n\n")  # fmt: skip
+    assert cpu_id(info) == "family 26 model 2 stepping 1"  # the first processor's
+    assert cpu_id(tmp_path / "absent") is None
+    m = machine()
+    assert m["cpu_isa"] == torch.backends.cpu.get_cpu_capability()
+    json.dumps(m)
 
 
 def test_rounds_keep_each_points_median_round_whole() -> None:
