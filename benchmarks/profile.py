@@ -5,7 +5,15 @@ seconds while `py-spy record` samples every thread of the server process, then p
 functions with the most samples on top of the stack (self) and anywhere on it (inclusive).
 Idle threads (waiting in select/epoll, locks, queue gets) are left out unless `--idle`.
 
+It also splits the samples between the inference threads (batches running) and the rest of
+the process (the event loop: HTTP, forms, decoding, answers), in cores and in milliseconds per
+request, and reads the server's /metrics before and after the load for the batches it ran:
+how many, their mean size and time, and how busy the inference threads were (the sum of batch
+seconds over wall time; 2.0 is two lanes never idle).
+
     python -m benchmarks.profile --group vae --endpoint decode --concurrency 1 --duration 10
+    python -m benchmarks.profile --group full --endpoint classify --concurrency 16 --lanes 2 \
+        --duration 15 --rate 500
 """
 
 from __future__ import annotations
@@ -15,8 +23,12 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import loadgen
 from benchmarks.inputs import DEFAULT_DATA_DIR, grey_corpus, latent_rows, rgb_corpus
@@ -24,6 +36,8 @@ from benchmarks.make_checkpoints import prepare
 from benchmarks.run import GROUP_ENDPOINTS, REPO, serve_ours
 from models.checkpoint import read_card
 
+# A sample whose stack holds this frame was taken on an inference thread, running a batch.
+INFERENCE_FRAME = "Batcher._work"
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -54,10 +68,76 @@ def summarise(raw: str, top: int = 25) -> tuple[int, list[tuple[str, int]], list
     return total, self_counts.most_common(top), inclusive.most_common(top)
 
 
-def format_profile(title: str, raw: str, top: int = 25) -> str:
-    """A plain-text report of one profile."""
+def split_threads(raw: str) -> tuple[int, int]:
+    """Samples on inference threads (running a batch) and samples elsewhere in the process."""
+    inference = other = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        if INFERENCE_FRAME in stack:
+            inference += int(count)
+        else:
+            other += int(count)
+    return inference, other
+
+
+# (name, samples' sum or count) -> value, summed over every label set
+BatchCounters = dict[str, float]
+
+
+def batch_counters(metrics_text: str) -> BatchCounters:
+    """The batch histograms' running sums and counts from a /metrics page."""
+    wanted = {"modelserve_inference_duration_seconds", "modelserve_batch_size"}
+    out: BatchCounters = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name not in wanted:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+def batch_summary(before: BatchCounters, after: BatchCounters, wall_s: float) -> str:
+    """What the batches between two scrapes `wall_s` apart did."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    batches = d.get("modelserve_batch_size_count", 0.0)
+    if not batches:
+        return "no batches ran"
+    busy_s = d["modelserve_inference_duration_seconds_sum"]
+    return (
+        f"{batches:.0f} batches in {wall_s:.1f} s, mean size "
+        f"{d['modelserve_batch_size_sum'] / batches:.2f}, mean time {1000 * busy_s / batches:.1f} "
+        f"ms; inference threads busy {busy_s / wall_s:.2f} (batch seconds per second)"
+    )
+
+
+def format_profile(
+    title: str,
+    raw: str,
+    top: int = 25,
+    *,
+    rate: float | None = None,
+    seconds: float | None = None,
+    requests_per_s: float | None = None,
+    batches: str | None = None,
+) -> str:
+    """A plain-text report of one profile. With the sampling `rate`, the `seconds` sampled and
+    the load's `requests_per_s`, also where the cores went, per request."""
     total, self_top, incl_top = summarise(raw, top)
-    lines = [f"# {title}", f"{total} samples of busy threads", "", "## self (top of stack)"]
+    lines = [f"# {title}", f"{total} samples of busy threads"]
+    if rate and seconds:
+        inference, other = split_threads(raw)
+        cores = [n / rate / seconds for n in (inference, other)]
+        split = f"inference threads {cores[0]:.2f} cores; the rest (event loop, thread pool) "
+        split += f"{cores[1]:.2f} cores"
+        if requests_per_s:
+            split += f", {1000 * cores[1] / requests_per_s:.3f} ms per request"
+        lines.append(split)
+    if batches:
+        lines.append(f"batches: {batches}")
+    lines += ["", "## self (top of stack)"]
     lines += [f"{100 * n / max(total, 1):5.1f}%  {f}" for f, n in self_top]
     lines += ["", "## inclusive (anywhere on the stack)"]
     lines += [f"{100 * n / max(total, 1):5.1f}%  {f}" for f, n in incl_top]
@@ -74,6 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds sampled under load")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--idle", action="store_true", help="keep idle threads' samples")
+    parser.add_argument("--top", type=int, default=25, help="functions listed per table")
+    parser.add_argument(
+        "--lanes", type=int, default=1, help="MODELSERVE_INFERENCE_LANES of the server"
+    )
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -89,10 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
         raw_path = Path(tmp) / "stacks.txt"
         log = Path(tmp) / "server.log"
-        with serve_ours(group_dir, model, args.max_batch_size, args.batch_timeout_ms, log) as (
-            url,
-            pid,
-        ):
+        with serve_ours(
+            group_dir, model, args.max_batch_size, args.batch_timeout_ms, log, lanes=args.lanes
+        ) as (url, pid):
+            before, t0 = batch_counters(httpx.get(url + "/metrics").text), time.perf_counter()
             cmd = [py_spy, "record", "--pid", str(pid), "--duration", str(int(args.duration)),
                    "--rate", str(args.rate), "--format", "raw", "--output", str(raw_path),
                    "--nonblocking"] + (["--idle"] if args.idle else [])  # fmt: skip
@@ -109,14 +193,24 @@ def main(argv: list[str] | None = None) -> None:
                     warmup=0.0,
                 )
             )
+            after, t1 = batch_counters(httpx.get(url + "/metrics").text), time.perf_counter()
             _, err = spy.communicate(timeout=args.duration + 60)
             if spy.returncode != 0:
                 raise SystemExit(f"py-spy failed ({spy.returncode}): {err.decode()[-2000:]}")
+        lanes = f", {args.lanes} lanes" if args.lanes != 1 else ""
         title = (
-            f"ours /{args.endpoint} {model} c={args.concurrency}: "
+            f"ours{lanes} /{args.endpoint} {model} c={args.concurrency}: "
             f"{points[0].requests_per_s} req/s, p50 {points[0].p50_ms} ms"
         )
-        report = format_profile(title, raw_path.read_text())
+        report = format_profile(
+            title,
+            raw_path.read_text(),
+            args.top,
+            rate=args.rate,
+            seconds=int(args.duration),
+            requests_per_s=points[0].requests_per_s,
+            batches=batch_summary(before, after, t1 - t0),
+        )
     print(report)
     if args.out:
         args.out.write_text(report)

@@ -631,6 +631,38 @@ def test_profile_summary_counts_self_and_inclusive_samples() -> None:
     assert dict(inclusive)["main (uvicorn/main.py)"] == 50
 
 
+def test_profile_splits_inference_threads_from_the_rest_and_reads_the_batches() -> None:
+    from benchmarks.profile import batch_counters, batch_summary, format_profile, split_threads
+
+    raw = (
+        "_bootstrap (threading.py:1);Batcher._work (/r/app/batching.py:9);forward (/r/m.py:2) 300\n"
+        "Runner.run (asyncio/runners.py:118);classify (/r/app/routes/classify.py:5) 100\n"
+    )
+    assert split_threads(raw) == (300, 100)
+    report = format_profile("t", raw, rate=100, seconds=2, requests_per_s=50)
+    # 100 samples at 100 Hz over 2 s: half a core outside the batches, 10 ms per request
+    assert "inference threads 1.50 cores; the rest (event loop, thread pool) 0.50 cores" in report
+    assert "10.000 ms per request" in report
+
+    def page(batches: int, items: int, seconds: float) -> str:
+        return (
+            "# TYPE modelserve_batch_size histogram\n"
+            f'modelserve_batch_size_sum{{model="m",op="classify"}} {items}\n'
+            f'modelserve_batch_size_count{{model="m",op="classify"}} {batches}\n'
+            "# TYPE modelserve_inference_duration_seconds histogram\n"
+            f'modelserve_inference_duration_seconds_sum{{model="m",op="classify"}} {seconds}\n'
+            f'modelserve_inference_duration_seconds_count{{model="m",op="classify"}} {batches}\n'
+        )
+
+    before, after = batch_counters(page(2, 10, 1.0)), batch_counters(page(12, 90, 31.0))
+    summary = batch_summary(before, after, wall_s=20.0)
+    assert summary == (
+        "10 batches in 20.0 s, mean size 8.00, mean time 3000.0 ms; "
+        "inference threads busy 1.50 (batch seconds per second)"
+    )
+    assert batch_summary(before, before, 1.0) == "no batches ran"
+
+
 def test_prebuilt_requests_carry_the_encoded_body_and_can_be_sent_again() -> None:
     corpus = generated(2, (8, 8), "RGB", "PNG")
     client = httpx.AsyncClient(base_url="http://t")
