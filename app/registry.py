@@ -135,6 +135,8 @@ class Registry:
         self.metrics.queue_limit.set(s.max_queue)
         for p in self.predictors.values():
             for op in p.ops:
+                depth = self.metrics.queue_depth.labels(p.name, op)
+                depth.set(0)  # the series exists from the start: empty, and this worker ready
                 self.batchers[p.name, op] = Batcher(
                     p.batch_fn(op),
                     max_batch_size=s.max_batch_size,
@@ -142,7 +144,7 @@ class Registry:
                     max_queue=s.max_queue,
                     lanes=self.lanes,
                     observer=self._observer(p.name, op),
-                    on_queue=self.metrics.queue_depth.labels(p.name, op).set,
+                    on_queue=depth.set,
                 )
                 self.batchers[p.name, op].start()
         self.loaded = True
