@@ -209,7 +209,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         # "AMD EPYC" names several generations: family/model/stepping and the vector ISA torch
-        # dispatches to tell them apart (the same VM name has run 2.7x apart in images/s)
+        # dispatches to tell them apart (the same VM name has run 3x apart in images/s)
         "cpu_id": cpu_id(),
         "cpu_isa": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),

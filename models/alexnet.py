@@ -25,6 +25,7 @@ Shapes: B batch, C channels, H/W spatial, N classes.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -109,8 +110,8 @@ def _lrn_scale(
     return d, _inv_pow(d, beta)
 
 
-# Activations per slice of the batch in `_lrn_inference`: the forward's six temporaries of a
-# slice stay in a core's L2 cache.
+# Activations per slice of the batch in `_lrn_inference`: a slice's temporaries are small
+# allocations the allocator hands back and reuses, and stay in cache between the passes.
 _LRN_SLICE_BYTES = 2**20
 
 
@@ -124,7 +125,7 @@ def _lrn_inference(x: Tensor, size: int, alpha: float, beta: float, k: float) ->
     (batch 16: 131 and 123 ms). `python -m benchmarks.lrn` times LRN alone both ways.
     """
     acc_dtype = torch.promote_types(x.dtype, torch.float32)
-    per_image = x[0].numel() * torch.empty((), dtype=acc_dtype).element_size()
+    per_image = math.prod(x.shape[1:]) * acc_dtype.itemsize  # also for an empty batch
     step = max(1, _LRN_SLICE_BYTES // max(per_image, 1))
     if step >= x.shape[0]:
         acc = x.to(acc_dtype)
@@ -177,7 +178,12 @@ class LocalResponseNorm(nn.Module):
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
-        if x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
+        if (
+            x.device.type == "cpu"
+            and not (torch.is_grad_enabled() and x.requires_grad)
+            # traced by torch.compile, the slices' loop would specialise on every batch size
+            and not torch.compiler.is_compiling()
+        ):
             return _lrn_inference(x, self.size, self.alpha, self.beta, self.k)
         out: Tensor = _LRNFunction.apply(x, self.size, self.alpha, self.beta, self.k)
         return out

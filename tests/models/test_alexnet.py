@@ -142,6 +142,23 @@ def test_lrn_inference_in_slices_is_the_whole_batch_forward(
     assert torch.equal(sliced, whole)
     with torch.no_grad():
         assert torch.equal(lrn(x), whole)
+        assert lrn(x[:0]).shape == (0, 16, 64, 64)  # an empty batch, as torch's own LRN allows
+
+
+def test_compiled_lrn_does_not_recompile_for_every_batch_size() -> None:
+    # Under torch.compile LRN takes the whole-batch path: the slices' loop would be unrolled
+    # for each batch size, a recompile per size (and eager fallback past the limit).
+    lrn = LocalResponseNorm()
+    compiled = torch.compile(lrn, backend="eager")
+    torch._dynamo.reset()
+    with torch.no_grad():
+        for b in (3, 5):  # the second size makes the batch dimension dynamic
+            x = torch.randn(b, 16, 64, 64)
+            assert torch.equal(compiled(x), lrn(x))
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for b in (7, 9, 12):
+                x = torch.randn(b, 16, 64, 64)
+                assert torch.equal(compiled(x), lrn(x))
 
 
 def test_overlapping_pooling_and_dropout() -> None:
