@@ -71,6 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await registry.close()
+        app.state.metrics.worker_exiting()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

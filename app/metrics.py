@@ -25,7 +25,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 # Seconds: from 0.5 ms (a warm tiny model) to 10 s (a saturated big one).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -144,6 +144,14 @@ class Metrics:
     def set_build_info(self, version: str, torch_version: str) -> None:
         """Record the service's and its runtime's versions."""
         self.build_info.labels(version, platform.python_version(), torch_version).set(1)
+
+    def worker_exiting(self) -> None:
+        """In multiprocess mode, drop this worker's per-worker gauge series ("live" modes: the
+        queue series, in-flight requests), so scrapes stop showing a worker that has gone.
+        (A worker killed outright leaves its series until the next start clears the directory.)
+        """
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            mark_process_dead(os.getpid())
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition of this app's registry, or of every worker in multiprocess mode."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,8 @@ from typing import IO
 import httpx
 import pytest
 import torch
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.__main__ import prepare_multiprocess_dir
 from models import AlexNet, AlexNetConfig, InputSpec, ModelCard, save_checkpoint
@@ -195,6 +198,27 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(
     assert proc.wait(60) == 0
 
 
+def _classify_requests_by_worker(prom: Path, scratch: Path) -> dict[str, float]:
+    """POST /classify requests each worker has counted, read from its own counter file alone
+    (a copy, collected by itself the way /metrics collects them all)."""
+    counts: dict[str, float] = {}
+    for f in prom.glob("counter_*.db"):
+        pid = f.stem.rsplit("_", 1)[-1]
+        one = scratch / f"worker-{pid}"
+        one.mkdir(exist_ok=True)
+        shutil.copy(f, one / f.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(one))
+        counts[pid] = sum(
+            sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.name == "modelserve_http_requests_total"
+            and sample.labels.get("route") == "/classify"
+        )
+    return counts
+
+
 def test_several_workers_share_one_metrics_view(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -227,10 +251,15 @@ def test_several_workers_share_one_metrics_view(
             assert time.monotonic() < deadline, "workers never became ready"
             time.sleep(0.2)
         files = [("image", ("x.png", png_bytes(), "image/png"))]
-        for _ in range(20):
-            # a new connection each time, so the kernel spreads them over both workers
+        posted = 0
+        # A new connection each time, so the kernel spreads them over both workers; on until
+        # each worker has answered some (its own counter file says so).
+        while posted < 20 or min(_classify_requests_by_worker(prom, tmp_path).values()) == 0:
             assert httpx.post(f"{url}/classify", files=files).status_code == 200
-        for _ in range(4):  # every scrape, from either worker, sees all 20
+            posted += 1
+            assert posted < 500, _classify_requests_by_worker(prom, tmp_path)
+        assert len(_classify_requests_by_worker(prom, tmp_path)) == 2
+        for _ in range(4):  # every scrape, from either worker, counts every worker's requests
             text = httpx.get(f"{url}/metrics").text
             counted = sum(
                 float(line.split()[-1])
@@ -238,7 +267,7 @@ def test_several_workers_share_one_metrics_view(
                 if line.startswith("modelserve_http_requests_total{")
                 and 'route="/classify"' in line
             )
-            assert counted == 20, text
+            assert counted == posted, text
         # Each worker's queue has its own limit: one queue series per worker, not a sum.
         queues = [
             line
@@ -250,6 +279,8 @@ def test_several_workers_share_one_metrics_view(
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+    # workers that exit drop their per-worker gauges (queue, in flight); counters stay
+    assert not list(prom.glob("gauge_live*.db"))
     # a restart starts from zero: the previous run's files are removed before workers start
     assert list(prom.glob("*.db"))
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(prom))
