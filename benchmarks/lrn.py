@@ -115,8 +115,12 @@ def main(argv: list[str] | None = None) -> None:
               f"| {t['forward_ms'] / o['forward_ms']:.1f}x "
               f"| {t['train_ms']:.1f} | {o['train_ms']:.1f} | {t['train_ms'] / o['train_ms']:.1f}x |")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    from benchmarks.run import cpu_id
+    from training.loop import cpu_model_name
+
     report = {"threads": torch.get_num_threads(), "device": str(device), "torch": torch.__version__,
-              "rows": rows}  # fmt: skip
+              "cpu": cpu_model_name(), "cpu_id": cpu_id(),
+              "cpu_isa": torch.backends.cpu.get_cpu_capability(), "rows": rows}  # fmt: skip
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 

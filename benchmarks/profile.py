@@ -6,8 +6,10 @@ functions with the most samples on top of the stack (self) and anywhere on it (i
 Idle threads (waiting in select/epoll, locks, queue gets) are left out unless `--idle`.
 
 It also splits the samples between the inference threads (batches running) and the rest of
-the process (the event loop: HTTP, forms, decoding, answers), in cores and in milliseconds per
-request, and reads the server's /metrics before and after the load for the batches it ran:
+the process (the event loop: HTTP, forms, decoding, answers), as busy threads on average and
+in milliseconds per request. py-spy sees Python threads only (a lane's extra OpenMP threads
+are not counted) and counts a thread that is runnable but waiting for a core as busy, so on a
+loaded machine these are thread-seconds wanted, not CPU-seconds had. It and reads the server's /metrics before and after the load for the batches it ran:
 how many, their mean size and time, and how busy the inference threads were (the sum of batch
 seconds over wall time; 2.0 is two lanes never idle).
 
@@ -20,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -33,7 +38,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks import loadgen
 from benchmarks.inputs import DEFAULT_DATA_DIR, grey_corpus, latent_rows, rgb_corpus
 from benchmarks.make_checkpoints import prepare
-from benchmarks.run import GROUP_ENDPOINTS, REPO, serve_ours
+from benchmarks.report import cpu_detail
+from benchmarks.run import GROUP_ENDPOINTS, REPO, machine, serve_ours
 from models.checkpoint import read_card
 
 # A sample whose stack holds this frame was taken on an inference thread, running a batch.
@@ -122,18 +128,21 @@ def format_profile(
     seconds: float | None = None,
     requests_per_s: float | None = None,
     batches: str | None = None,
+    header: Sequence[str] = (),
 ) -> str:
     """A plain-text report of one profile. With the sampling `rate`, the `seconds` sampled and
-    the load's `requests_per_s`, also where the cores went, per request."""
+    the load's `requests_per_s`, also the busy threads on average, inference and the rest,
+    and the rest's per request (not with idle samples kept: they would count as busy).
+    `header`: lines under the title (the command, the machine)."""
     total, self_top, incl_top = summarise(raw, top)
-    lines = [f"# {title}", f"{total} samples of busy threads"]
+    lines = [f"# {title}", *header, f"{total} samples of busy threads"]
     if rate and seconds:
         inference, other = split_threads(raw)
-        cores = [n / rate / seconds for n in (inference, other)]
-        split = f"inference threads {cores[0]:.2f} cores; the rest (event loop, thread pool) "
-        split += f"{cores[1]:.2f} cores"
+        busy = [n / rate / seconds for n in (inference, other)]
+        split = f"busy threads on average: inference {busy[0]:.2f}; the rest (event loop, "
+        split += f"thread pool) {busy[1]:.2f}"
         if requests_per_s:
-            split += f", {1000 * cores[1] / requests_per_s:.3f} ms per request"
+            split += f", {1000 * busy[1] / requests_per_s:.3f} ms per request"
         lines.append(split)
     if batches:
         lines.append(f"batches: {batches}")
@@ -198,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             if spy.returncode != 0:
                 raise SystemExit(f"py-spy failed ({spy.returncode}): {err.decode()[-2000:]}")
         lanes = f", {args.lanes} lanes" if args.lanes != 1 else ""
+        m = machine()
         title = (
             f"ours{lanes} /{args.endpoint} {model} c={args.concurrency}: "
             f"{points[0].requests_per_s} req/s, p50 {points[0].p50_ms} ms"
@@ -206,10 +216,15 @@ def main(argv: list[str] | None = None) -> None:
             title,
             raw_path.read_text(),
             args.top,
-            rate=args.rate,
+            rate=None if args.idle else args.rate,
             seconds=int(args.duration),
             requests_per_s=points[0].requests_per_s,
             batches=batch_summary(before, after, t1 - t0),
+            header=[
+                f"command: python -m benchmarks.profile {shlex.join(argv or sys.argv[1:])}",
+                f"machine: {m['cpu']}{cpu_detail(m)}, {m['cores']} cores; torch {m['torch']}; "
+                f"commit {m['commit']}",
+            ],
         )
     print(report)
     if args.out:

@@ -205,7 +205,7 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def _cpu_detail(m: dict[str, Any]) -> str:
+def cpu_detail(m: dict[str, Any]) -> str:
     """ " (family 26 model 2 stepping 1, AVX512)", or nothing for results from before these were
     recorded."""
     known = [m[k] for k in ("cpu_id", "cpu_isa") if m.get(k)]
@@ -220,7 +220,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Command: `{report['command']}` (commit {m['commit']})",
         "",
-        f"Machine: {m['cpu']}{_cpu_detail(m)}, {m['cores']} cores ({m['cores_usable']} usable), {m['memory_gb']} GB; "
+        f"Machine: {m['cpu']}{cpu_detail(m)}, {m['cores']} cores ({m['cores_usable']} usable), {m['memory_gb']} GB; "
         f"{m['platform']}; Python {m['python']}, torch {m['torch']} ({m['torch_threads_default']} threads "
         f"by default), LitServe {m['litserve']}. Load average at start {m['load_avg_at_start']}, "
         f"at end {m.get('load_avg_at_end')} (other work on the machine shows up here).",
