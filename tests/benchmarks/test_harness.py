@@ -639,10 +639,14 @@ def test_profile_splits_inference_threads_from_the_rest_and_reads_the_batches() 
         "Runner.run (asyncio/runners.py:118);classify (/r/app/routes/classify.py:5) 100\n"
     )
     assert split_threads(raw) == (300, 100)
-    report = format_profile("t", raw, rate=100, seconds=2, requests_per_s=50)
-    # 100 samples at 100 Hz over 2 s: half a core outside the batches, 10 ms per request
-    assert "inference threads 1.50 cores; the rest (event loop, thread pool) 0.50 cores" in report
-    assert "10.000 ms per request" in report
+    report = format_profile("t", raw, rate=100, seconds=2, requests_per_s=50, header=["cmd"])
+    # 100 samples at 100 Hz over 2 s: half a thread busy outside the batches, 10 ms per request
+    assert report.startswith("# t\ncmd\n")
+    assert (
+        "busy threads on average: inference 1.50; the rest (event loop, thread pool) 0.50, "
+        "10.000 ms per request"
+    ) in report
+    assert "busy threads on average" not in format_profile("t", raw)  # no rate: no split
 
     def page(batches: int, items: int, seconds: float) -> str:
         return (
