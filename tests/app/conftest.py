@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -119,3 +124,33 @@ def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
         yield c
+
+
+@contextlib.contextmanager
+def serve_in_thread(settings: Settings, ready: bool = True) -> Iterator[str]:
+    """The app under uvicorn on a free loopback port, in a thread; yields its base URL.
+
+    For clients that speak real HTTP (our httpx-based `app.client`), where TestClient's
+    transport belongs to another HTTP library (httpx2 since Starlette 1.2). With `ready`,
+    returns once /readyz answers 200 (open probes only).
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn never started"
+            time.sleep(0.01)
+        while ready and httpx.get(f"{url}/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "app never became ready"
+            time.sleep(0.01)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

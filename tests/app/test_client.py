@@ -1,25 +1,27 @@
-"""The Python client against the real app: sync via TestClient's transport, async via ASGI."""
+"""The Python client against the real app: sync over HTTP to uvicorn, async via ASGI."""
 
 from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.client import AsyncClient, Client, ModelServeError
 from app.main import create_app
 from app.schemas import ClassifyBatchResponse, ClassifyResponse, DecodeResponse, SampleResponse
-from tests.app.conftest import LATENT, png_bytes, test_settings
+from app.settings import Settings
+from tests.app.conftest import LATENT, png_bytes, serve_in_thread, test_settings
 
 
 @pytest.fixture
-def sync_client(client: TestClient) -> Client:
-    return Client("http://testserver", transport=client._transport, retries=0)
+def sync_client(settings: Settings) -> Iterator[Client]:
+    with serve_in_thread(settings) as url:
+        yield Client(url, retries=0)
 
 
 def test_sync_client_every_method(sync_client: Client, tmp_path: Path) -> None:
@@ -156,28 +158,24 @@ async def test_async_client_retries_like_the_sync_one(monkeypatch: pytest.Monkey
 
 
 def test_client_sends_the_api_key(model_dir: Path) -> None:
-    with TestClient(create_app(test_settings(model_dir, api_key="k" * 12))) as tc:
-        from tests.app.conftest import wait_ready
-
-        wait_ready(tc)
+    with serve_in_thread(test_settings(model_dir, api_key="k" * 12)) as url:
         with pytest.raises(ModelServeError) as info:
-            Client("http://testserver", transport=tc._transport).models()
+            Client(url).models()
         assert info.value.status == 401
-        ok = Client("http://testserver", transport=tc._transport, api_key="k" * 12)
+        ok = Client(url, api_key="k" * 12)
         assert ok.models().models
     closed = test_settings(model_dir, api_key="k" * 12, open_probes=False)
-    with TestClient(create_app(closed)) as tc:
+    with serve_in_thread(closed, ready=False) as url:
         with pytest.raises(ModelServeError) as info:  # a wrong key is not "not ready"
-            Client("http://testserver", transport=tc._transport).ready()
+            Client(url).ready()
         assert info.value.status == 401
-        ok = Client("http://testserver", transport=tc._transport, api_key="k" * 12)
+        ok = Client(url, api_key="k" * 12)
         assert ok.ready() in (True, False)  # loading or loaded: an answer, not an error
         deadline = time.monotonic() + 10
         while not ok.ready():
             assert time.monotonic() < deadline, "never ready"
             time.sleep(0.01)
-        tc.headers["X-API-Key"] = "k" * 12
-        assert tc.get("/readyz").status_code == 200
+        assert httpx.get(f"{url}/readyz", headers={"X-API-Key": "k" * 12}).status_code == 200
 
 
 async def test_async_client_against_the_asgi_app(model_dir: Path) -> None:
