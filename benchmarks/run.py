@@ -174,16 +174,9 @@ def torch_device_type(device: str) -> str:
 
 def cpu_id(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     """ "family 26 model 2 stepping 1" from /proc/cpuinfo (None where there is none)."""
-    fields: dict[str, str] = {}
-    try:
-        with cpuinfo.open(encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    break  # the first processor's block is enough
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        return None
+    from training.loop import cpu_fields
+
+    fields = cpu_fields(cpuinfo)
     parts = [
         f"{k.split()[-1]} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields
     ]

@@ -251,16 +251,25 @@ def train(
     return (totals[0] / totals[1].clamp_min(1)).item()
 
 
-def cpu_model_name() -> str:
-    """The processor's marketing name ("AMD EPYC 7B13"), not just the architecture."""
+def cpu_fields(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("model name", "cpu family", ...); empty
+    where there is no such file."""
+    fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with cpuinfo.open(encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor()
+    return fields
+
+
+def cpu_model_name() -> str:
+    """The processor's marketing name ("AMD EPYC 7B13"), not just the architecture."""
+    return cpu_fields().get("model name") or platform.processor()
 
 
 def machine_info(device: torch.device, world_size: int) -> dict[str, Any]:
