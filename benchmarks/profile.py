@@ -9,13 +9,14 @@ It also splits the samples between the inference threads (batches running) and t
 the process (the event loop: HTTP, forms, decoding, answers), as busy threads on average and
 in milliseconds per request. py-spy sees Python threads only (a lane's extra OpenMP threads
 are not counted) and counts a thread that is runnable but waiting for a core as busy, so on a
-loaded machine these are thread-seconds wanted, not CPU-seconds had. It and reads the server's /metrics before and after the load for the batches it ran:
-how many, their mean size and time, and how busy the inference threads were (the sum of batch
-seconds over wall time; 2.0 is two lanes never idle).
+loaded machine these are thread-seconds wanted, not CPU-seconds had. And it reads the
+server's /metrics before and after the load for the batches it ran: how many, their mean size
+and time, and how busy the inference threads were (the sum of batch seconds over wall time;
+2.0 is two lanes never idle).
 
     python -m benchmarks.profile --group vae --endpoint decode --concurrency 1 --duration 10
     python -m benchmarks.profile --group full --endpoint classify --concurrency 16 --lanes 2 \
-        --duration 15 --rate 500
+        --duration 20 --rate 100 --top 60
 """
 
 from __future__ import annotations

@@ -127,9 +127,6 @@ def _lrn_inference(x: Tensor, size: int, alpha: float, beta: float, k: float) ->
     acc_dtype = torch.promote_types(x.dtype, torch.float32)
     per_image = math.prod(x.shape[1:]) * acc_dtype.itemsize  # also for an empty batch
     step = max(1, _LRN_SLICE_BYTES // max(per_image, 1))
-    if step >= x.shape[0]:
-        acc = x.to(acc_dtype)
-        return (acc * _lrn_scale(acc, size, alpha, beta, k)[1]).to(x.dtype)
     out = torch.empty_like(x)
     for i in range(0, x.shape[0], step):
         acc = x[i : i + step].to(acc_dtype)
