@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from app import schemas
 from app.images import decode_opened, normalize, stack_pixels
 from models.checkpoint import ModelCard, load_checkpoint
+from models.prepack import prepack_linear
 
 
 class PayloadError(ValueError):
@@ -50,13 +51,18 @@ class Predictor(ABC):
         device: torch.device,
         channels_last: bool = True,
         compile: bool = False,
+        prepack: bool = False,
     ) -> Predictor:
-        """Load a verified checkpoint onto `device` and build the predictor of its kind."""
+        """Load a verified checkpoint onto `device` and build the predictor of its kind;
+        `prepack`: its fully connected layers packed for oneDNN where the device allows
+        (`models.prepack`; torch.compile packs in its own way, so not with `compile`)."""
         model, card = load_checkpoint(directory, device)
         predictor_cls = PREDICTORS[card.architecture]
         model.requires_grad_(False)
         if channels_last and predictor_cls.kind == "classifier":
             model = model.to(memory_format=torch.channels_last)
+        if prepack and not compile:
+            prepack_linear(model)
         predictor = predictor_cls(model, card, device)
         if compile:
             predictor.model = torch.compile(model)  # type: ignore[assignment]

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     compile: bool = Field(
         default=False, description="torch.compile the models (slow start, needs a compiler)"
     )
+    prepack_linear: bool = Field(
+        default=True,
+        description=(
+            "Pack fully connected weights once for oneDNN on the CPU (models/prepack.py): "
+            "faster than torch's sgemm, float32 results equal to rounding; not with compile"
+        ),
+    )
     max_upload_bytes: int = Field(
         default=16 * 2**20, ge=1024, description="Largest request body, in bytes"
     )

@@ -31,6 +31,7 @@ import torch
 
 from benchmarks import ops
 from benchmarks.inputs import DEFAULT_DATA_DIR, Corpus, grey_corpus, latent_rows, rgb_corpus
+from models.prepack import PackedLinear
 
 IDLE_S = 0.005  # the pause before each call of the "after idle" single-item figure
 
@@ -115,6 +116,7 @@ def measure(
         "lanes": lanes,
         "device": str(device),
         "channels_last": channels_last and card.architecture == "alexnet",
+        "prepack_linear": any(isinstance(m, PackedLinear) for m in model.modules()),
     }
     if lanes > 1:
         items, elapsed = side_by_side(step, lanes, threads, batch_size, duration)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from app.images import decode_opened, normalize, open_image, stack_pixels
 from models.checkpoint import ModelCard, load_checkpoint
+from models.prepack import prepack_linear
 
 # Same limit as the service's default (app/settings.py max_image_pixels).
 MAX_PIXELS = 40_000_000
@@ -22,13 +23,20 @@ ENDPOINTS = ("classify", "encode", "decode", "sample")
 
 
 def load(
-    model_dir: Path, channels_last: bool = True, device: str | torch.device = "cpu"
+    model_dir: Path,
+    channels_last: bool = True,
+    device: str | torch.device = "cpu",
+    prepack: bool = True,
 ) -> tuple[nn.Module, ModelCard]:
-    """Load a checkpoint for inference on `device`; convolutional models optionally in
-    channels-last."""
+    """Load a checkpoint for inference on `device` as the service's defaults do: convolutional
+    models in channels-last, fully connected layers packed for oneDNN on the CPU
+    (`models.prepack`), each optionally."""
     model, card = load_checkpoint(model_dir, device=device)
+    model.requires_grad_(False)
     if channels_last and card.architecture == "alexnet":
         model = model.to(memory_format=torch.channels_last)
+    if prepack:
+        prepack_linear(model)
     return model, card
 
 

@@ -14,8 +14,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.images import decode_image
+from app.main import create_app
 from models import load_checkpoint
-from tests.app.conftest import LABELS, png_bytes
+from models.prepack import PackedLinear
+from tests.app.conftest import LABELS, png_bytes, test_settings, wait_ready
 
 
 def part(data: bytes, name: str = "x.png") -> tuple[str, tuple[str, bytes, str]]:
@@ -46,6 +48,23 @@ def test_one_image_answers_sorted_top_k_softmax(client: TestClient) -> None:
     for p in preds:
         assert p["label"] == LABELS[p["index"]]
         assert p["probability"] == pytest.approx(float(ref[p["index"]]), abs=1e-5)
+
+
+@pytest.mark.parametrize("prepack", [True, False])
+def test_prepack_setting_packs_the_fc_layers_and_answers_the_same(
+    model_dir: Path, prepack: bool
+) -> None:
+    data = png_bytes(color=(10, 200, 90))
+    with TestClient(create_app(test_settings(model_dir, prepack_linear=prepack))) as c:
+        wait_ready(c)
+        for name in ("alexnet-cifar10", "vae-mnist"):
+            model = c.app.state.registry.predictors[name].model  # type: ignore[attr-defined]
+            assert any(isinstance(m, PackedLinear) for m in model.modules()) == prepack, name
+        r = c.post("/classify?top_k=3", files=[part(data)])
+        assert r.status_code == 200, r.text
+        ref = reference_probs(c, data)
+    got = {p["index"]: p["probability"] for p in r.json()["predictions"]}
+    assert got == pytest.approx({i: float(ref[i]) for i in got}, abs=1e-5)
 
 
 def test_several_parts_answer_in_upload_order(client: TestClient) -> None:
@@ -139,9 +158,6 @@ def test_any_supported_format_and_mode_is_classified(client: TestClient, data: b
 
 
 def test_too_many_images_is_413(model_dir: Path) -> None:
-    from app.main import create_app
-    from tests.app.conftest import test_settings, wait_ready
-
     with TestClient(create_app(test_settings(model_dir, max_batch_images=2))) as c:
         wait_ready(c)
         r = c.post("/classify", files=[part(png_bytes())] * 3)

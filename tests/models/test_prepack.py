@@ -1,0 +1,120 @@
+"""Packed fully connected layers: the same outputs as nn.Linear, inference only, CPU float32."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from models.alexnet import PRESETS, AlexNet
+from models.prepack import PackedLinear, can_prepack, prepack_linear
+from models.vae import VAE, VAEConfig
+
+pytestmark = pytest.mark.skipif(not can_prepack("cpu"), reason="torch built without oneDNN")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 37), (8, 37), (33, 37), (2, 5, 37)])
+def test_packed_linear_is_nn_linear(shape: tuple[int, ...], bias: bool) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(37, 19, bias=bias)
+    x = torch.randn(shape)
+    packed = PackedLinear(linear)
+    with torch.inference_mode():
+        got, ref = packed(x), linear(x)
+    assert got.shape == ref.shape == (*shape[:-1], 19)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert (packed.bias is None) == (not bias)
+
+
+def _alexnet() -> AlexNet:
+    torch.manual_seed(0)
+    return (
+        AlexNet(dataclasses.replace(PRESETS["alexnet-small"], hidden=64))
+        .eval()
+        .to(memory_format=torch.channels_last)
+    )
+
+
+def test_prepacked_alexnet_classifies_as_before() -> None:
+    dense = _alexnet()
+    packed = copy.deepcopy(dense)
+    assert prepack_linear(packed) == 3  # fc6, fc7, fc8
+    assert not any(type(m) is nn.Linear for m in packed.modules())
+    x = torch.randn(5, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), dense(x), rtol=1e-4, atol=1e-5)
+    assert prepack_linear(packed) == 0, "already packed: nothing left to do"
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_prepacked_vae_encodes_decodes_and_samples_as_before(likelihood: str) -> None:
+    torch.manual_seed(0)
+    cfg = VAEConfig(image_shape=(28, 20), hidden=16, latent=5, likelihood=likelihood)  # type: ignore[arg-type]
+    dense = VAE(cfg).eval()
+    packed = copy.deepcopy(dense)
+    n_linear = sum(type(m) is nn.Linear for m in dense.modules())
+    assert prepack_linear(packed) == n_linear
+    x = torch.rand(4, 1, 28, 20)
+    with torch.inference_mode():
+        for got, ref in zip(packed.encode(x), dense.encode(x), strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        z = torch.randn(4, 5)
+        torch.testing.assert_close(packed.decode(z), dense.decode(z), rtol=1e-5, atol=1e-5)
+        # sample() finds the device and dtype from the parameters: the biases still say them
+        z, images = packed.sample(3, generator=torch.Generator().manual_seed(1))
+    assert z.dtype == images.dtype == torch.float32 and images.shape == (3, 1, 28, 20)
+
+
+def test_packed_model_keeps_no_dense_fc_weights() -> None:
+    packed = _alexnet()
+    before = sum(p.numel() for p in packed.parameters())
+    prepack_linear(packed)
+    fc_weights = sum(m.weight.numel() for m in _alexnet().modules() if isinstance(m, nn.Linear))
+    assert sum(p.numel() for p in packed.parameters()) == before - fc_weights
+
+
+def test_only_eval_mode_float32_cpu_models_are_packed() -> None:
+    with pytest.raises(ValueError, match="eval"):
+        prepack_linear(_alexnet().train())
+    double = _alexnet().double()
+    assert prepack_linear(double) == 0
+    assert sum(type(m) is nn.Linear for m in double.modules()) == 3
+    assert not can_prepack("cuda") and not can_prepack("cpu", torch.bfloat16)
+    with pytest.raises(ValueError, match="cannot pack"):
+        PackedLinear(nn.Linear(3, 2).double())
+
+
+def test_packed_linear_refuses_training() -> None:
+    packed = PackedLinear(nn.Linear(4, 3))
+    with pytest.raises(RuntimeError, match="inference"):
+        packed(torch.randn(2, 4, requires_grad=True))
+    small = _alexnet()
+    assert prepack_linear(small, min_weights=10**9) == 0, "no layer that large"
+
+
+def test_threads_share_one_packed_model() -> None:
+    """Inference lanes run one model from several threads at once."""
+    packed = _alexnet()
+    prepack_linear(packed)
+    xs = [torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last) for _ in range(4)]
+    with torch.inference_mode():
+        expected = [packed(x) for x in xs]
+    got: dict[int, list[torch.Tensor]] = {}
+
+    def run(i: int) -> None:
+        with torch.inference_mode():
+            got[i] = [packed(xs[i]) for _ in range(20)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, outs in got.items():
+        for out in outs:
+            assert torch.equal(out, expected[i])
