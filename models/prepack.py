@@ -31,6 +31,7 @@ def can_prepack(device: torch.device | str, dtype: torch.dtype = torch.float32) 
         torch.device(device).type == "cpu"
         and dtype == torch.float32
         and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     )
 
