@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not can_prepack("cpu"), reason="torch built with
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(1, 37), (8, 37), (33, 37), (2, 5, 37)])
+@pytest.mark.parametrize("shape", [(1, 37), (8, 37), (33, 37), (2, 5, 37), (0, 37), (37,)])
 def test_packed_linear_is_nn_linear(shape: tuple[int, ...], bias: bool) -> None:
     torch.manual_seed(0)
     linear = nn.Linear(37, 19, bias=bias)
@@ -29,6 +29,13 @@ def test_packed_linear_is_nn_linear(shape: tuple[int, ...], bias: bool) -> None:
     assert got.shape == ref.shape == (*shape[:-1], 19)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     assert (packed.bias is None) == (not bias)
+
+
+def test_packed_linear_takes_strided_input() -> None:
+    linear = nn.Linear(37, 19)
+    x = torch.randn(37, 6).t()  # (6, 37), not contiguous
+    with torch.inference_mode():
+        torch.testing.assert_close(PackedLinear(linear)(x), linear(x), rtol=1e-5, atol=1e-5)
 
 
 def _alexnet() -> AlexNet:
