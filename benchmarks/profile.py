@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -154,6 +154,22 @@ def format_profile(
     return "\n".join(lines) + "\n"
 
 
+def target(
+    models_root: Path, group: str, endpoint: str, data_dir: Path
+) -> tuple[Path, str, Callable[[int], loadgen.RequestSpec]]:
+    """A model group's directory (checkpoints written if missing), its model's name, and the
+    load generator's requests for `endpoint` (the benchmark's inputs from `data_dir`)."""
+    group_dir, model = prepare(models_root)[group]
+    data = data_dir if data_dir.is_dir() else None
+    latent = int(read_card(group_dir / model).config.get("latent", 20))
+    corpus = rgb_corpus(data) if endpoint == "classify" else grey_corpus(data)
+    return (
+        group_dir,
+        model,
+        loadgen.make_requester("ours", endpoint, model, corpus, latent_rows(256, latent)),
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -175,11 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(REPO / ".venv" / "bin" / "py-spy"))
-    group_dir, model = prepare(args.models_root)[args.group]
-    data_dir = args.data_dir if args.data_dir.is_dir() else None
-    latent = int(read_card(group_dir / model).config.get("latent", 20))
-    corpus = rgb_corpus(data_dir) if args.endpoint == "classify" else grey_corpus(data_dir)
-    request = loadgen.make_requester("ours", args.endpoint, model, corpus, latent_rows(256, latent))
+    group_dir, model, request = target(args.models_root, args.group, args.endpoint, args.data_dir)
     with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
         raw_path = Path(tmp) / "stacks.txt"
         log = Path(tmp) / "server.log"
