@@ -55,7 +55,7 @@ class Predictor(ABC):
     ) -> Predictor:
         """Load a verified checkpoint onto `device` and build the predictor of its kind;
         `prepack`: its fully connected layers packed for oneDNN where the device allows
-        (`models.prepack`; torch.compile packs in its own way, so not with `compile`)."""
+        (`models.prepack`; not with `compile`, which cannot trace the packed weight)."""
         model, card = load_checkpoint(directory, device)
         predictor_cls = PREDICTORS[card.architecture]
         model.requires_grad_(False)

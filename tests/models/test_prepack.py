@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import threading
+import weakref
 
 import pytest
 import torch
@@ -74,15 +76,41 @@ def test_prepacked_vae_encodes_decodes_and_samples_as_before(likelihood: str) ->
         torch.testing.assert_close(packed.decode(z), dense.decode(z), rtol=1e-5, atol=1e-5)
         # sample() finds the device and dtype from the parameters: the biases still say them
         z, images = packed.sample(3, generator=torch.Generator().manual_seed(1))
-    assert z.dtype == images.dtype == torch.float32 and images.shape == (3, 1, 28, 20)
+        z_ref, images_ref = dense.sample(3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(z, z_ref) and images.shape == (3, 1, 28, 20)
+    torch.testing.assert_close(images, images_ref, rtol=1e-5, atol=1e-5)
 
 
 def test_packed_model_keeps_no_dense_fc_weights() -> None:
     packed = _alexnet()
     before = sum(p.numel() for p in packed.parameters())
+    dense_weights = [weakref.ref(m.weight) for m in packed.modules() if type(m) is nn.Linear]
     prepack_linear(packed)
     fc_weights = sum(m.weight.numel() for m in _alexnet().modules() if isinstance(m, nn.Linear))
     assert sum(p.numel() for p in packed.parameters()) == before - fc_weights
+    gc.collect()
+    assert all(w() is None for w in dense_weights), "the dense fc weights were freed"
+
+
+def test_a_layer_under_two_names_becomes_one_packed_layer() -> None:
+    shared = nn.Linear(6, 6)
+    model = nn.Sequential(shared, nn.ReLU(), shared).eval()
+    model.extra = nn.Sequential(shared)
+    x = torch.randn(3, 6)
+    with torch.inference_mode():
+        ref = model(x)
+        assert prepack_linear(model) == 1
+        assert model[0] is model[2] is model.extra[0] and isinstance(model[0], PackedLinear)
+        torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_layer_cannot_be_saved_copied_or_moved() -> None:
+    model = nn.Sequential(nn.Linear(4, 3)).eval()
+    prepack_linear(model)
+    for action in (model.state_dict, lambda: copy.deepcopy(model), model.double,
+                   lambda: model.to("cpu")):  # fmt: skip
+        with pytest.raises(RuntimeError, match="before prepack_linear"):
+            action()
 
 
 def test_only_eval_mode_float32_cpu_models_are_packed() -> None:
@@ -98,8 +126,11 @@ def test_only_eval_mode_float32_cpu_models_are_packed() -> None:
 
 def test_packed_linear_refuses_training() -> None:
     packed = PackedLinear(nn.Linear(4, 3))
+    x = torch.randn(2, 4, requires_grad=True)
     with pytest.raises(RuntimeError, match="inference"):
-        packed(torch.randn(2, 4, requires_grad=True))
+        packed(x)
+    with torch.no_grad():  # as nn.Linear: no graph recorded, so no gradient needed
+        assert packed(x).shape == (2, 3)
     small = _alexnet()
     assert prepack_linear(small, min_weights=10**9) == 0, "no layer that large"
 
@@ -122,6 +153,7 @@ def test_threads_share_one_packed_model() -> None:
         t.start()
     for t in threads:
         t.join()
+    assert sorted(got) == [0, 1, 2, 3], "every thread finished"
     for i, outs in got.items():
         for out in outs:
             assert torch.equal(out, expected[i])

@@ -16,7 +16,7 @@ from PIL import Image
 from app.images import decode_image
 from app.main import create_app
 from models import load_checkpoint
-from models.prepack import PackedLinear
+from models.prepack import PackedLinear, can_prepack
 from tests.app.conftest import LABELS, png_bytes, test_settings, wait_ready
 
 
@@ -50,7 +50,13 @@ def test_one_image_answers_sorted_top_k_softmax(client: TestClient) -> None:
         assert p["probability"] == pytest.approx(float(ref[p["index"]]), abs=1e-5)
 
 
-@pytest.mark.parametrize("prepack", [True, False])
+@pytest.mark.parametrize(
+    "prepack",
+    [
+        pytest.param(True, marks=pytest.mark.skipif(not can_prepack("cpu"), reason="no oneDNN")),
+        False,
+    ],
+)
 def test_prepack_setting_packs_the_fc_layers_and_answers_the_same(
     model_dir: Path, prepack: bool
 ) -> None:
