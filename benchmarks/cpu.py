@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import loadgen
-from benchmarks.inputs import DEFAULT_DATA_DIR
-from benchmarks.profile import target
-from benchmarks.run import GROUP_ENDPOINTS, REPO, machine, serve_ours
+from benchmarks.profile import add_target_arguments, target
+from benchmarks.run import machine, serve_ours
 
 CONFIG = re.compile(r"^(?P<kind>[lw])(?P<n>[1-9][0-9]*)$")
 
@@ -112,19 +111,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--group", choices=list(GROUP_ENDPOINTS), default="full")
-    parser.add_argument("--endpoint", choices=loadgen.ENDPOINTS, default="classify")
-    parser.add_argument("--concurrency", type=int, default=64)
+    add_target_arguments(parser, group="full", endpoint="classify", concurrency=64)
     parser.add_argument(
         "--configs", nargs="+", default=["l2", "w2"], help="lN: N lanes, wN: N worker processes"
     )
     parser.add_argument("--rounds", type=int, default=1, help="every configuration this often")
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--models-root", type=Path, default=REPO / "runs" / "bench" / "models")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     rows = []

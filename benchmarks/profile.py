@@ -170,13 +170,24 @@ def target(
     )
 
 
+def add_target_arguments(
+    parser: argparse.ArgumentParser, group: str, endpoint: str, concurrency: int
+) -> None:
+    """The options naming what `target` loads and how our server is started and driven."""
+    parser.add_argument("--group", choices=list(GROUP_ENDPOINTS), default=group)
+    parser.add_argument("--endpoint", choices=loadgen.ENDPOINTS, default=endpoint)
+    parser.add_argument("--concurrency", type=int, default=concurrency)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--models-root", type=Path, default=REPO / "runs" / "bench" / "models")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--group", choices=list(GROUP_ENDPOINTS), default="vae")
-    parser.add_argument("--endpoint", choices=loadgen.ENDPOINTS, default="decode")
-    parser.add_argument("--concurrency", type=int, default=1)
+    add_target_arguments(parser, group="vae", endpoint="decode", concurrency=1)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds sampled under load")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--idle", action="store_true", help="keep idle threads' samples")
@@ -184,10 +195,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--lanes", type=int, default=1, help="MODELSERVE_INFERENCE_LANES of the server"
     )
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--models-root", type=Path, default=REPO / "runs" / "bench" / "models")
     parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(REPO / ".venv" / "bin" / "py-spy"))
