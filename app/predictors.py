@@ -28,6 +28,22 @@ from models.checkpoint import ModelCard, load_checkpoint
 from models.prepack import prepack_linear
 
 
+def load_for_inference(
+    directory: Path, device: torch.device | str, channels_last: bool = True, prepack: bool = False
+) -> tuple[nn.Module, ModelCard]:
+    """A verified checkpoint on `device`, without gradients, ready to serve: classifiers in
+    channels-last (`channels_last`), fully connected layers packed for oneDNN where the device
+    allows (`prepack`, `models.prepack`). The benchmarks' in-process ceiling and LitServe
+    contender load through here too, so all three run the same model."""
+    model, card = load_checkpoint(directory, device)
+    model.requires_grad_(False)
+    if channels_last and PREDICTORS[card.architecture].kind == "classifier":
+        model = model.to(memory_format=torch.channels_last)
+    if prepack:
+        prepack_linear(model)
+    return model, card
+
+
 class PayloadError(ValueError):
     """A well-formed request whose values do not fit the model (answered 422)."""
 
@@ -53,17 +69,10 @@ class Predictor(ABC):
         compile: bool = False,
         prepack: bool = False,
     ) -> Predictor:
-        """Load a verified checkpoint onto `device` and build the predictor of its kind;
-        `prepack`: its fully connected layers packed for oneDNN where the device allows
-        (`models.prepack`; not with `compile`, which cannot trace the packed weight)."""
-        model, card = load_checkpoint(directory, device)
-        predictor_cls = PREDICTORS[card.architecture]
-        model.requires_grad_(False)
-        if channels_last and predictor_cls.kind == "classifier":
-            model = model.to(memory_format=torch.channels_last)
-        if prepack and not compile:
-            prepack_linear(model)
-        predictor = predictor_cls(model, card, device)
+        """Load a verified checkpoint onto `device` (`load_for_inference`) and build the
+        predictor of its kind; not packed with `compile`, which cannot trace the packed weight."""
+        model, card = load_for_inference(directory, device, channels_last, prepack and not compile)
+        predictor = PREDICTORS[card.architecture](model, card, device)
         if compile:
             predictor.model = torch.compile(model)  # type: ignore[assignment]
         return predictor

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from app.images import decode_opened, normalize, open_image, stack_pixels
-from models.checkpoint import ModelCard, load_checkpoint
-from models.prepack import prepack_linear
+from app.predictors import load_for_inference
+from models.checkpoint import ModelCard
 
 # Same limit as the service's default (app/settings.py max_image_pixels).
 MAX_PIXELS = 40_000_000
@@ -28,16 +28,10 @@ def load(
     device: str | torch.device = "cpu",
     prepack: bool = True,
 ) -> tuple[nn.Module, ModelCard]:
-    """Load a checkpoint for inference on `device` as the service's defaults do: convolutional
-    models in channels-last, fully connected layers packed for oneDNN on the CPU
-    (`models.prepack`), each optionally."""
-    model, card = load_checkpoint(model_dir, device=device)
-    model.requires_grad_(False)
-    if channels_last and card.architecture == "alexnet":
-        model = model.to(memory_format=torch.channels_last)
-    if prepack:
-        prepack_linear(model)
-    return model, card
+    """Load a checkpoint for inference on `device` as the service's defaults do
+    (`app.predictors.load_for_inference`): convolutional models in channels-last, fully
+    connected layers packed for oneDNN on the CPU, each optionally."""
+    return load_for_inference(model_dir, device, channels_last, prepack)
 
 
 def device_of(model: nn.Module) -> torch.device:

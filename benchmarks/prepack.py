@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmarks import ops
 from benchmarks.lrn import _time_ms
-from models.checkpoint import CARD_FILE, ModelCard, load_checkpoint
+from models.checkpoint import CARD_FILE, ModelCard
 from models.prepack import prepack_linear
 
 DEFAULT_DIRS = sorted(p.parent for p in Path("models").glob(f"*/{CARD_FILE}")) + sorted(
@@ -68,9 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| model | op | batch | dense ms | packed ms | speed-up | max abs diff |")
     print("|---|---|---|---|---|---|---|")
     for d in args.models or DEFAULT_DIRS:
-        dense, card = load_checkpoint(d)
-        if card.architecture == "alexnet":
-            dense = dense.to(memory_format=torch.channels_last)
+        dense, card = ops.load(d, prepack=False)
         packed = copy.deepcopy(dense)
         n_packed = prepack_linear(packed)
         for b in args.batches:
