@@ -11,11 +11,12 @@ Shapes: B batch, C/H/W image, N classes, Z latent, D = H*W pixels.
 from __future__ import annotations
 
 import io
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -25,22 +26,34 @@ from torch import Tensor, nn
 from app import schemas
 from app.images import decode_opened, normalize, stack_pixels
 from models.checkpoint import ModelCard, load_checkpoint
-from models.prepack import prepack_linear
+from models.prepack import packing_summary, prepack_linear, serving_rows
+
+log = logging.getLogger("app.predictors")
+Prepack = bool | Literal["auto"]
 
 
 def load_for_inference(
-    directory: Path, device: torch.device | str, channels_last: bool = True, prepack: bool = False
+    directory: Path,
+    device: torch.device | str,
+    channels_last: bool = True,
+    prepack: Prepack = False,
+    max_batch_size: int = 32,
 ) -> tuple[nn.Module, ModelCard]:
     """A verified checkpoint on `device`, without gradients, ready to serve: classifiers in
     channels-last (`channels_last`), fully connected layers packed for oneDNN where the device
-    allows (`prepack`, `models.prepack`). The benchmarks' in-process ceiling and LitServe
-    contender load through here too, so all three run the same model."""
+    allows (`prepack`, `models.prepack`: True packs every layer, "auto" each one only for the
+    batch sizes up to `max_batch_size` where it runs faster packed, timed here with the calling
+    thread's torch threads). The benchmarks' in-process ceiling and LitServe contender load
+    through here too, so all three run the same model."""
     model, card = load_checkpoint(directory, device)
     model.requires_grad_(False)
     if channels_last and PREDICTORS[card.architecture].kind == "classifier":
         model = model.to(memory_format=torch.channels_last)
     if prepack:
-        prepack_linear(model)
+        rows = serving_rows(max_batch_size) if prepack == "auto" else None
+        prepack_linear(model, rows=rows)
+        layers = ", ".join(f"{k} {v}" for k, v in packing_summary(model).items())
+        log.info("model %s, fully connected layers (prepack %s): %s", card.name, prepack, layers)
     return model, card
 
 
@@ -67,11 +80,14 @@ class Predictor(ABC):
         device: torch.device,
         channels_last: bool = True,
         compile: bool = False,
-        prepack: bool = False,
+        prepack: Prepack = False,
+        max_batch_size: int = 32,
     ) -> Predictor:
         """Load a verified checkpoint onto `device` (`load_for_inference`) and build the
         predictor of its kind; not packed with `compile`, which cannot trace the packed weight."""
-        model, card = load_for_inference(directory, device, channels_last, prepack and not compile)
+        model, card = load_for_inference(
+            directory, device, channels_last, prepack and not compile, max_batch_size
+        )
         predictor = PREDICTORS[card.architecture](model, card, device)
         if compile:
             predictor.model = torch.compile(model)  # type: ignore[assignment]

@@ -105,7 +105,9 @@ class Registry:
         failed: dict[str, str] = {}
         for d in self.dirs:
             try:
-                p = Predictor.setup(d, self.device, s.channels_last, s.compile, s.prepack_linear)
+                p = Predictor.setup(
+                    d, self.device, s.channels_last, s.compile, s.prepack_linear, s.max_batch_size
+                )
                 p.warmup(s.max_batch_size)
                 if self.lanes.per_lane != self.threads:  # batches side by side run on fewer
                     self.lanes.use(self.lanes.per_lane)

@@ -60,11 +60,12 @@ class Settings(BaseSettings):
     compile: bool = Field(
         default=False, description="torch.compile the models (slow start, needs a compiler)"
     )
-    prepack_linear: bool = Field(
-        default=True,
+    prepack_linear: bool | Literal["auto"] = Field(
+        default="auto",
         description=(
-            "Pack fully connected weights once for oneDNN on the CPU (models/prepack.py): "
-            "faster than torch's sgemm, float32 results equal to rounding; not with compile"
+            "Pack fully connected weights once for oneDNN on the CPU (models/prepack.py), "
+            "float32 results equal to rounding; auto: each layer timed at load both ways and "
+            "packed only for the batch sizes where oneDNN is faster on this CPU; not with compile"
         ),
     )
     max_upload_bytes: int = Field(

@@ -31,7 +31,7 @@ import torch
 
 from benchmarks import ops
 from benchmarks.inputs import DEFAULT_DATA_DIR, Corpus, grey_corpus, latent_rows, rgb_corpus
-from models.prepack import PackedLinear
+from models.prepack import packing_summary
 
 IDLE_S = 0.005  # the pause before each call of the "after idle" single-item figure
 
@@ -104,7 +104,9 @@ def measure(
     """
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    model, card = ops.load(model_dir, channels_last=channels_last, device=device)
+    model, card = ops.load(
+        model_dir, channels_last=channels_last, device=device, max_batch_size=batch_size
+    )
     latents = latent_rows(256, int(card.config.get("latent", 1)))
     step = make_step(endpoint, model, card, corpus, latents)
     config = {
@@ -116,7 +118,7 @@ def measure(
         "lanes": lanes,
         "device": str(device),
         "channels_last": channels_last and card.architecture == "alexnet",
-        "prepack_linear": any(isinstance(m, PackedLinear) for m in model.modules()),
+        "prepack_linear": packing_summary(model),
     }
     if lanes > 1:
         items, elapsed = side_by_side(step, lanes, threads, batch_size, duration)

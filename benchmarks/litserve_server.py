@@ -56,7 +56,9 @@ class _ModelAPI(ls.LitAPI):
         # Each LitServe worker is its own process: threads per worker = cores / workers, so the
         # workers together use every core without oversubscribing them.
         torch.set_num_threads(self.threads)
-        self.model, self.card = ops.load(self.model_dir, channels_last=True, device=device)
+        self.model, self.card = ops.load(
+            self.model_dir, channels_last=True, device=device, max_batch_size=self.max_batch_size
+        )
         self.device = device
         self.channels_last = self.card.architecture == "alexnet"
 

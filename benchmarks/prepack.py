@@ -2,7 +2,9 @@
 
 Times each model's batched forward as the service runs it (AlexNet: logits of a channels-last
 batch; VAE: encode and decode) on this machine's CPU, with its nn.Linear layers as loaded
-("dense") and packed for oneDNN ("packed"), and the largest difference between the two
+("dense"), every one packed for oneDNN ("packed", MODELSERVE_PREPACK_LINEAR=true), and each
+packed only for the batch sizes where timing it both ways found oneDNN faster ("auto", the
+default: `models.prepack.packing_threshold`), and the largest difference from the dense
 outputs. The default models are the shipped ones and, when `python -m
 benchmarks.make_checkpoints` has written it, the full-size AlexNet. Prints a table and writes
 JSON.
@@ -25,7 +27,7 @@ from torch import Tensor, nn
 from benchmarks import ops
 from benchmarks.lrn import _time_ms
 from models.checkpoint import CARD_FILE, ModelCard
-from models.prepack import prepack_linear
+from models.prepack import packing_summary, prepack_linear, serving_rows
 
 DEFAULT_DIRS = sorted(p.parent for p in Path("models").glob(f"*/{CARD_FILE}")) + sorted(
     p.parent for p in Path("runs/bench/models/full").glob(f"*/{CARD_FILE}")
@@ -66,24 +68,33 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
     print(f"threads={torch.get_num_threads()}")
-    print("| model | op | batch | dense ms | packed ms | speed-up | max abs diff |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | op | batch | dense ms | packed ms | auto ms | packed speed-up "
+          "| auto speed-up | max abs diff |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for d in args.models or DEFAULT_DIRS:
         dense, card = ops.load(d, prepack=False)
-        packed = copy.deepcopy(dense)
+        packed, auto = copy.deepcopy(dense), copy.deepcopy(dense)
         n_packed = prepack_linear(packed)
+        prepack_linear(auto, rows=serving_rows(max(args.batches)))
         for b in args.batches:
-            ops_dense, ops_packed = operations(dense, card, b), operations(packed, card, b)
-            for op in ops_dense:
+            variants = {k: operations(m, card, b) for k, m in
+                        (("dense", dense), ("packed", packed), ("auto", auto))}  # fmt: skip
+            for op in variants["dense"]:
                 with torch.inference_mode():
-                    diff = (ops_dense[op]() - ops_packed[op]()).abs().max().item()
-                    t_dense = _time_ms(ops_dense[op], args.repeat, lambda: None)
-                    t_packed = _time_ms(ops_packed[op], args.repeat, lambda: None)
+                    ref = variants["dense"][op]()
+                    diff = max(
+                        (variants[k][op]() - ref).abs().max().item() for k in ("packed", "auto")
+                    )
+                    ms = {
+                        k: _time_ms(v[op], args.repeat, lambda: None) for k, v in variants.items()
+                    }
                 row = {"model": card.name, "op": op, "batch": b, "layers_packed": n_packed,
-                       "dense_ms": t_dense, "packed_ms": t_packed, "max_abs_diff": diff}  # fmt: skip
+                       "auto_layers": packing_summary(auto), "dense_ms": ms["dense"],
+                       "packed_ms": ms["packed"], "auto_ms": ms["auto"], "max_abs_diff": diff}  # fmt: skip
                 rows.append(row)
-                print(f"| {card.name} | {op} | {b} | {t_dense:.2f} | {t_packed:.2f} "
-                      f"| {t_dense / t_packed:.2f}x | {diff:.1e} |", flush=True)  # fmt: skip
+                print(f"| {card.name} | {op} | {b} | {ms['dense']:.2f} | {ms['packed']:.2f} "
+                      f"| {ms['auto']:.2f} | {ms['dense'] / ms['packed']:.2f}x "
+                      f"| {ms['dense'] / ms['auto']:.2f}x | {diff:.1e} |", flush=True)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from benchmarks.run import machine
 

@@ -397,7 +397,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "num_api_servers=default (=W)); each worker torch.set_num_threads(cores // W); "
             "LitAPI(max_batch_size, batch_timeout) equal to ours; model loaded by "
             "benchmarks.ops.load as the ceiling's (channels-last AlexNets, fully connected "
-            "layers packed for oneDNN on the CPU, as the service's defaults)",
+            "layers packed for oneDNN where timing each at load found that faster, as the "
+            "service's default MODELSERVE_PREPACK_LINEAR=auto)",
             "ours": "uvicorn app.main:app, 1 process, MODELSERVE_MAX_BATCH_SIZE / "
             "MODELSERVE_BATCH_TIMEOUT_MS as above, other settings default (torch threads = "
             "cores), log level WARNING; ours-wN: N worker processes (WEB_CONCURRENCY=N, "

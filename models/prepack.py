@@ -13,8 +13,19 @@ the shipped VAEs lose 10-30 microseconds per call at batch 1; vae-mnist gains 1.
 batch 8 on, vae-frey only at batch 32 (1.1-1.4x). (torch.compile packs weights only with
 freezing on, and float32 ones for MKL, so the service does not pack under compile.)
 
-The packed layer is inference only: it keeps the bias and the packed weight, not the dense
-weight (the full AlexNet would hold its 234 MB of fc weights twice). It has no state_dict to
+Which kernel wins depends on the CPU, the layer and the batch. On an Intel Xeon with AVX-512 and
+AMX (family 6 model 167, one thread) MKL is faster at batch 1 for every layer (the full AlexNet's
+fc6: 8.1 against 10.2 ms) and for small layers at any batch (the VAEs' 500->20: 6-16 against
+20-29 microseconds), while oneDNN is faster from batch 4 for the large layers (fc6 at batch 8:
+13.1 against 25.0 ms). So `prepack_linear(model, rows=...)` times each layer both ways at the
+batch sizes the caller will run (`packing_threshold`) and packs it only where oneDNN wins: a
+layer where it never wins stays an `nn.Linear`; one where it wins from some batch size up
+keeps its dense weight for the smaller batches (`dense_below`), at the cost of holding that
+layer's weights twice. Without `rows` every layer is packed, dense weight dropped.
+
+The packed layer is inference only: unless it keeps a dense weight for small batches, it keeps
+the bias and the packed weight, not the dense weight (the full AlexNet would hold its 234 MB of
+fc weights twice). It has no state_dict to
 save, cannot be copied, moved or converted (each raises, naming the fix: do it before
 packing), and raises when its input needs a gradient while autograd records. Results are
 float32 and agree with `nn.Linear` to rounding (the sums run in another order): within 4.3e-6
@@ -23,9 +34,13 @@ on the outputs of the models in the file above.
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -47,7 +62,7 @@ _INFERENCE_ONLY = "a PackedLinear holds an opaque oneDNN weight"
 class PackedLinear(nn.Module):
     """An `nn.Linear` whose weight is packed for oneDNN; same inputs and outputs, inference only."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, dense_below: int = 0) -> None:
         super().__init__()
         w = linear.weight.detach()
         if not can_prepack(w.device, w.dtype):
@@ -62,10 +77,16 @@ class PackedLinear(nn.Module):
             if linear.bias is not None
             else None
         )
+        # Inputs of fewer rows than this run on the dense weight (kept only then): where the
+        # BLAS sgemm beats oneDNN at small batches (`packing_threshold`).
+        self.dense_below = dense_below
+        self.dense = w if dense_below > 1 else None
 
     def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError("PackedLinear is for inference: run it under torch.inference_mode()")
+        if self.dense is not None and x.numel() < self.dense_below * self.in_features:
+            return F.linear(x, self.dense, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     # The packed weight is an opaque oneDNN tensor: it has no storage to save or copy, and
@@ -80,13 +101,80 @@ class PackedLinear(nn.Module):
         raise RuntimeError(_INFERENCE_ONLY + "; copy the model before prepack_linear")
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
+        dense = f", dense below {self.dense_below} rows" if self.dense is not None else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN{dense}"
 
 
-def prepack_linear(model: nn.Module, min_weights: int = 0) -> int:
+def threshold_from_timings(
+    rows: Sequence[int], dense_ms: Sequence[float], packed_ms: Sequence[float], margin: float
+) -> int | None:
+    """The fewest rows from which the packed layer was faster by more than `margin` (a
+    fraction) at every measured row count from there up; None when it never was."""
+    threshold = None
+    for r, d, p in sorted(zip(rows, dense_ms, packed_ms, strict=True), reverse=True):
+        if p >= d * (1 - margin):
+            break
+        threshold = r
+    return threshold
+
+
+def _median_ms(fn: Callable[[Tensor], Tensor], x: Tensor, repeat: int) -> float:
+    fn(x)  # first call: allocations, oneDNN's primitive cache
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def packing_threshold(
+    linear: nn.Linear, rows: Sequence[int], repeat: int = 5, margin: float = 0.05
+) -> int | None:
+    """Time `linear` dense and packed at each row count (random input, the calling thread's
+    torch thread count, median of `repeat` calls), and return from how many rows on packing
+    pays (`threshold_from_timings`); None where it does not."""
+    packed = PackedLinear(linear)
+    gen = torch.Generator().manual_seed(0)
+    dense_ms, packed_ms = [], []
+    with torch.inference_mode():
+        for r in rows:
+            x = torch.randn(r, linear.in_features, generator=gen)
+            dense_ms.append(_median_ms(linear, x, repeat))
+            packed_ms.append(_median_ms(packed, x, repeat))
+    return threshold_from_timings(rows, dense_ms, packed_ms, margin)
+
+
+def serving_rows(max_batch_size: int) -> list[int]:
+    """The batch sizes `prepack_linear` times a layer at: 1, powers of two, the largest."""
+    rows = {1, max_batch_size}
+    r = 2
+    while r < max_batch_size:
+        rows.add(r)
+        r *= 2
+    return sorted(rows)
+
+
+def _pack(linear: nn.Linear, rows: Sequence[int] | None) -> PackedLinear | None:
+    """`linear` packed; with `rows`, only where that pays (None where it never does)."""
+    if not rows:
+        return PackedLinear(linear)
+    threshold = packing_threshold(linear, rows)
+    if threshold is None:
+        return None
+    return PackedLinear(linear, 0 if threshold <= min(rows) else threshold)
+
+
+def prepack_linear(
+    model: nn.Module, min_weights: int = 0, rows: Sequence[int] | None = None
+) -> int:
     """Replace, in place, every `nn.Linear` of an eval-mode float32 CPU model holding at least
     `min_weights` weights by a `PackedLinear`; returns how many were replaced (0 where the build
-    or the device cannot pack)."""
+    or the device cannot pack).
+
+    With `rows` (the batch sizes the model will run, e.g. `serving_rows(32)`), each layer is
+    timed first (`packing_threshold`): one that runs no faster packed stays as it is, one that
+    does only from some batch size up keeps its dense weight for smaller batches."""
     if model.training:
         raise ValueError("prepack_linear is for inference: call model.eval() first")
     # Every place a layer sits, repeats included, so that a layer held under two names (tied)
@@ -99,9 +187,23 @@ def prepack_linear(model: nn.Module, min_weights: int = 0) -> int:
         and child.weight.numel() >= min_weights
         and can_prepack(child.weight.device, child.weight.dtype)
     ]
-    packed: dict[int, PackedLinear] = {}
+    packed: dict[int, PackedLinear | None] = {}
     for parent, name, child in targets:
         if id(child) not in packed:
-            packed[id(child)] = PackedLinear(child)
-        setattr(parent, name, packed[id(child)])
-    return len(packed)
+            packed[id(child)] = _pack(child, rows)
+        layer = packed[id(child)]
+        if layer is not None:
+            setattr(parent, name, layer)
+    return sum(layer is not None for layer in packed.values())
+
+
+def packing_summary(model: nn.Module) -> dict[str, str]:
+    """Each fully connected layer's kernel by name: "oneDNN", "oneDNN from N rows" (dense
+    below) or "dense"; for a log line or a report."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, PackedLinear):
+            out[name] = f"oneDNN from {m.dense_below} rows" if m.dense is not None else "oneDNN"
+        elif type(m) is nn.Linear:
+            out[name] = "dense"
+    return out

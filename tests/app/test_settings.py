@@ -25,6 +25,17 @@ def test_defaults_and_env_prefix(model_dir: Path, monkeypatch: pytest.MonkeyPatc
     assert s.batch_timeout_s == pytest.approx(s.batch_timeout_ms / 1000)
 
 
+@pytest.mark.parametrize(("value", "parsed"), [("auto", "auto"), ("true", True), ("false", False)])
+def test_prepack_linear_is_auto_unless_set_on_or_off(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, value: str, parsed: object
+) -> None:
+    monkeypatch.setenv("MODELSERVE_MODEL_DIR", str(model_dir))
+    monkeypatch.delenv("MODELSERVE_PREPACK_LINEAR", raising=False)
+    assert Settings().prepack_linear == "auto"
+    monkeypatch.setenv("MODELSERVE_PREPACK_LINEAR", value)
+    assert Settings().prepack_linear == parsed
+
+
 def test_default_model_dir_is_the_repositorys_models(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MODELSERVE_MODEL_DIR", raising=False)
     assert Settings().model_dir == Path(__file__).resolve().parents[2] / "models"
@@ -53,6 +64,7 @@ def test_default_model_dir_is_the_repositorys_models(monkeypatch: pytest.MonkeyP
         ({"MODELSERVE_BATCH_TIMEOUT_MS": "-1"}, "batch_timeout_ms"),
         ({"MODELSERVE_PORT": "70000"}, "port"),
         ({"MODELSERVE_LOG_FORMAT": "xml"}, "log_format"),
+        ({"MODELSERVE_PREPACK_LINEAR": "sometimes"}, "prepack_linear"),
         ({"MODELSERVE_API_KEY": "short"}, "at least 8"),
         ({"MODELSERVE_MAX_UPLOAD_BYTES": "ten"}, "max_upload_bytes"),
     ],

@@ -12,8 +12,17 @@ import pytest
 import torch
 from torch import nn
 
+from models import prepack
 from models.alexnet import PRESETS, AlexNet
-from models.prepack import PackedLinear, can_prepack, prepack_linear
+from models.prepack import (
+    PackedLinear,
+    can_prepack,
+    packing_summary,
+    packing_threshold,
+    prepack_linear,
+    serving_rows,
+    threshold_from_timings,
+)
 from models.vae import VAE, VAEConfig
 
 pytestmark = pytest.mark.skipif(not can_prepack("cpu"), reason="torch built without oneDNN")
@@ -157,3 +166,85 @@ def test_threads_share_one_packed_model() -> None:
     for i, outs in got.items():
         for out in outs:
             assert torch.equal(out, expected[i])
+
+
+@pytest.mark.parametrize(
+    ("dense_ms", "packed_ms", "threshold"),
+    [
+        ([1.0, 2.0, 4.0, 8.0], [2.0, 1.0, 2.0, 4.0], 2),  # MKL wins at 1 row only
+        ([1.0, 2.0, 4.0, 8.0], [0.5, 1.0, 2.0, 4.0], 1),  # oneDNN wins everywhere
+        ([1.0, 2.0, 4.0, 8.0], [2.0, 3.0, 5.0, 9.0], None),  # never
+        ([1.0, 2.0, 4.0, 8.0], [0.5, 2.0, 2.0, 4.0], 4),  # a tie at 2 rows: from 4 on
+        ([1.0, 2.0, 4.0, 8.0], [0.5, 1.0, 2.0, 7.8], None),  # within the margin at the top
+    ],
+)
+def test_packing_pays_from_the_fewest_rows_where_it_wins_from_there_up(
+    dense_ms: list[float], packed_ms: list[float], threshold: int | None
+) -> None:
+    assert threshold_from_timings([1, 2, 4, 8], dense_ms, packed_ms, margin=0.05) == threshold
+    # the order the timings come in does not matter
+    rev = threshold_from_timings([8, 4, 2, 1], dense_ms[::-1], packed_ms[::-1], margin=0.05)
+    assert rev == threshold
+
+
+def test_serving_rows_are_one_the_powers_of_two_and_the_largest_batch() -> None:
+    assert serving_rows(1) == [1]
+    assert serving_rows(32) == [1, 2, 4, 8, 16, 32]
+    assert serving_rows(24) == [1, 2, 4, 8, 16, 24]
+
+
+def test_a_layer_packed_from_some_rows_on_runs_dense_below() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(37, 19)
+    layer = PackedLinear(linear, dense_below=4)
+    assert "dense below 4 rows" in repr(layer)
+    with torch.inference_mode():
+        for shape in [(1, 37), (3, 37), (37,), (1, 3, 37)]:  # under 4 rows: the dense weight
+            x = torch.randn(shape)
+            assert torch.equal(layer(x), linear(x)), shape
+        for shape in [(4, 37), (33, 37), (2, 2, 37)]:
+            x = torch.randn(shape)
+            torch.testing.assert_close(layer(x), linear(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="before prepack_linear"):
+        copy.deepcopy(layer)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "kind"),
+    [(None, nn.Linear), (1, "packed"), (4, "packed from 4 rows")],
+)
+def test_timed_packing_keeps_what_each_layer_needs(
+    monkeypatch: pytest.MonkeyPatch, threshold: int | None, kind: object
+) -> None:
+    """With `rows`, a layer that never wins stays nn.Linear, one that wins at every batch size
+    drops its dense weight, one that wins from some size on keeps it for smaller batches."""
+    asked: list[list[int]] = []
+
+    def fake_threshold(linear: nn.Linear, rows: list[int]) -> int | None:
+        asked.append(list(rows))
+        return threshold
+
+    monkeypatch.setattr(prepack, "packing_threshold", fake_threshold)
+    dense = _alexnet()
+    model = copy.deepcopy(dense)
+    n = prepack_linear(model, rows=[1, 2, 4, 8])
+    assert asked == [[1, 2, 4, 8]] * 3  # fc6, fc7, fc8, each timed once
+    summary = packing_summary(model)
+    assert list(summary) == ["classifier.fc6", "classifier.fc7", "classifier.fc8"]
+    if kind is nn.Linear:
+        assert n == 0 and set(summary.values()) == {"dense"}
+    elif kind == "packed":
+        assert n == 3 and set(summary.values()) == {"oneDNN"}
+        assert all(m.dense is None for m in model.modules() if isinstance(m, PackedLinear))
+    else:
+        assert n == 3 and set(summary.values()) == {"oneDNN from 4 rows"}
+    x = torch.randn(6, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for b in (1, 6):
+            torch.testing.assert_close(model(x[:b]), dense(x[:b]), rtol=1e-4, atol=1e-5)
+
+
+def test_timed_packing_measures_both_kernels() -> None:
+    """The real timer on a layer: a threshold among the rows asked, or None."""
+    linear = nn.Linear(64, 32)
+    assert packing_threshold(linear, [1, 8], repeat=2) in (None, 1, 8)
