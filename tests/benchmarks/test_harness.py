@@ -224,6 +224,48 @@ def test_in_flight_bound_runs_batches_no_larger_than_what_is_in_flight(model_dir
     assert set(one["tried"]) == {"2 at batch 1", "1 at batch 1"}
 
 
+def test_busy_thread_holds_the_interpreter_for_its_share_of_each_period() -> None:
+    import threading
+    import time
+
+    from benchmarks.gil import busy_python
+
+    stop, spent = threading.Event(), [0.0]
+    t = threading.Thread(target=busy_python, args=(stop, 0.01, 0.05, spent))
+    t0 = time.perf_counter()
+    t.start()
+    time.sleep(0.3)
+    stop.set()
+    t.join()
+    elapsed = time.perf_counter() - t0
+    # about a fifth of the time busy: at least one stretch, never more than the wall time
+    assert 0.01 <= spent[0] <= elapsed
+    assert spent[0] < 0.6 * elapsed, "it sleeps between its busy stretches"
+
+
+def test_gil_script_reports_both_configurations_and_the_expectation(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.gil import main as gil_main
+
+    before = torch.get_num_threads()
+    out = tmp_path / "gil.json"
+    try:
+        gil_main([str(model_dir / "alexnet-cifar10"), "--batch", "2", "--duration", "0.2",
+                  "--rounds", "1", "--busy-ms", "5", "--period-ms", "20",
+                  "--data-dir", str(tmp_path / "none"), "--out", str(out)])  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    report = json.loads(out.read_text())
+    assert [len(v) for v in report["runs"].values()] == [1, 1]
+    assert report["alone_items_per_s"] > 0 and report["beside_items_per_s"] > 0
+    cores = report["cores"]
+    assert report["expected_items_per_s"] == pytest.approx(
+        report["alone_items_per_s"] * (1 - report["busy_cores"] / cores)
+    )
+    assert "| beside a busy thread" in capsys.readouterr().out
+
+
 def test_timed_loop_idles_outside_the_timed_calls() -> None:
     from benchmarks.inprocess import timed_loop
 
