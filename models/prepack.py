@@ -1,8 +1,8 @@
 """Fully connected layers packed once into oneDNN's weight layout, for float32 CPU inference.
 
 `nn.Linear` on the CPU calls the BLAS sgemm of the torch build (MKL in the x86 wheels) on
-every forward. On the AMD EPYC machines this project is measured on (family 26, AVX-512) that
-is slow at the small batches a server runs: under load at c=16 (two lanes, batches of ~8),
+every forward. On the AMD EPYC (family 26, AVX-512) of some of this project's runs that is
+slow at the small batches a server runs: under load at c=16 (two lanes, batches of ~8),
 `Linear.forward` had 31% of the inference threads' samples
 (benchmarks/results/profile-full-classify-c16-l2.txt). oneDNN's kernels, which torch also
 ships, given the weight reordered once into their blocked layout, run the same layers in under
