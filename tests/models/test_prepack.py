@@ -220,8 +220,9 @@ def test_timed_packing_keeps_what_each_layer_needs(
     drops its dense weight, one that wins from some size on keeps it for smaller batches."""
     asked: list[list[int]] = []
 
-    def fake_threshold(linear: nn.Linear, rows: list[int]) -> int | None:
+    def fake_threshold(linear: nn.Linear, rows: list[int], packed: PackedLinear) -> int | None:
         asked.append(list(rows))
+        assert packed.in_features == linear.in_features, "the layer's own packing is timed"
         return threshold
 
     monkeypatch.setattr(prepack, "packing_threshold", fake_threshold)
