@@ -36,29 +36,31 @@ DEFAULT_MODEL = Path("runs/bench/models/full/alexnet-imagenet-random")
 
 def busy_python(stop: threading.Event, busy_s: float, period_s: float, spent: list[float]) -> None:
     """Hold the interpreter (pure Python, no I/O) for `busy_s` of every `period_s` until
-    `stop`; adds the seconds spent busy to `spent[0]`."""
+    `stop`; adds the seconds spent busy to `spent[0]` and the seconds it ran to `spent[1]`."""
+    t0 = time.perf_counter()
     while not stop.is_set():
         t = time.perf_counter()
         while time.perf_counter() - t < busy_s:
             sum(range(100))
         spent[0] += time.perf_counter() - t
         stop.wait(period_s - busy_s)
+    spent[1] += time.perf_counter() - t0
 
 
 def one_run(step: Any, lanes: int, batch: int, duration: float, busy_s: float, period_s: float
             ) -> dict[str, float]:  # fmt: skip
     """Items/s of `lanes` single-threaded loops, beside a busy thread when `busy_s` > 0."""
-    stop, spent = threading.Event(), [0.0]
+    if busy_s <= 0:
+        items, seconds = side_by_side(step, lanes, 1, batch, duration)
+        return {"items_per_s": items / seconds, "busy_cores": 0.0}
+    stop, spent = threading.Event(), [0.0, 0.0]
     busy = threading.Thread(target=busy_python, args=(stop, busy_s, period_s, spent))
-    if busy_s > 0:
-        busy.start()
+    busy.start()
     items, seconds = side_by_side(step, lanes, 1, batch, duration)
     stop.set()
-    if busy_s > 0:
-        busy.join()
-    # the busy thread also ran during the loops' warm-up: its share over the whole time
-    whole = seconds + min(1.0, duration / 4)
-    return {"items_per_s": items / seconds, "busy_cores": spent[0] / whole}
+    busy.join()
+    # busy over the thread's own lifetime, which spans the loops' warm-up too
+    return {"items_per_s": items / seconds, "busy_cores": spent[0] / spent[1]}
 
 
 def main(argv: list[str] | None = None) -> None:

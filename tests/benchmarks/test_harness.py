@@ -230,7 +230,7 @@ def test_busy_thread_holds_the_interpreter_for_its_share_of_each_period() -> Non
 
     from benchmarks.gil import busy_python
 
-    stop, spent = threading.Event(), [0.0]
+    stop, spent = threading.Event(), [0.0, 0.0]
     t = threading.Thread(target=busy_python, args=(stop, 0.01, 0.05, spent))
     t0 = time.perf_counter()
     t.start()
@@ -241,6 +241,7 @@ def test_busy_thread_holds_the_interpreter_for_its_share_of_each_period() -> Non
     # about a fifth of the time busy: at least one stretch, never more than the wall time
     assert 0.01 <= spent[0] <= elapsed
     assert spent[0] < 0.6 * elapsed, "it sleeps between its busy stretches"
+    assert spent[0] <= spent[1] <= elapsed, "its own lifetime, inside the wall time"
 
 
 def test_gil_script_reports_both_configurations_and_the_expectation(
