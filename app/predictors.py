@@ -86,7 +86,7 @@ class Predictor(ABC):
         """Load a verified checkpoint onto `device` (`load_for_inference`) and build the
         predictor of its kind; not packed with `compile`, which cannot trace the packed weight."""
         model, card = load_for_inference(
-            directory, device, channels_last, prepack and not compile, max_batch_size
+            directory, device, channels_last, False if compile else prepack, max_batch_size
         )
         predictor = PREDICTORS[card.architecture](model, card, device)
         if compile:

@@ -50,6 +50,23 @@ def test_one_image_answers_sorted_top_k_softmax(client: TestClient) -> None:
         assert p["probability"] == pytest.approx(float(ref[p["index"]]), abs=1e-5)
 
 
+@pytest.mark.skipif(not can_prepack("cpu"), reason="no oneDNN")
+@pytest.mark.parametrize(("threshold", "expected"), [(None, {"dense"}), (1, {"oneDNN"})])
+def test_prepack_auto_serves_what_the_timing_decided(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, threshold: int | None, expected: set[str]
+) -> None:
+    """MODELSERVE_PREPACK_LINEAR=auto reaches the served models as "auto" (timed per layer),
+    not as "pack everything": a timing that never favours packing leaves every layer dense."""
+    from models import prepack
+
+    monkeypatch.setattr(prepack, "packing_threshold", lambda *args, **kwargs: threshold)
+    with TestClient(create_app(test_settings(model_dir, prepack_linear="auto"))) as c:
+        wait_ready(c)
+        for name in ("alexnet-cifar10", "vae-mnist"):
+            model = c.app.state.registry.predictors[name].model  # type: ignore[attr-defined]
+            assert set(packing_summary(model).values()) == expected, name
+
+
 @pytest.mark.parametrize(
     "prepack",
     [
