@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
               f"| {t['train_ms']:.1f} | {o['train_ms']:.1f} | {t['train_ms'] / o['train_ms']:.1f}x |")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from benchmarks.run import cpu_id
-    from training.loop import cpu_model_name
+    from models.hardware import cpu_model_name
 
     report = {"threads": torch.get_num_threads(), "device": str(device), "torch": torch.__version__,
               "cpu": cpu_model_name(), "cpu_id": cpu_id(),

@@ -174,7 +174,7 @@ def torch_device_type(device: str) -> str:
 
 def cpu_id(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     """ "family 26 model 2 stepping 1" from /proc/cpuinfo (None where there is none)."""
-    from training.loop import cpu_fields
+    from models.hardware import cpu_fields
 
     fields = cpu_fields(cpuinfo)
     parts = [
@@ -187,7 +187,7 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
 
-    from training.loop import cpu_model_name
+    from models.hardware import cpu_model_name
 
     cpu = cpu_model_name()
     try:

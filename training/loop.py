@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models.checkpoint import CARD_FILE, ModelCard, save_checkpoint
+from models.hardware import cpu_model_name
 
 # Without a terminal (a log file, `docker compose logs`) an epoch logs a progress line this often.
 LOG_EVERY_S = 60.0
@@ -249,27 +250,6 @@ def train(
             )
     totals = _all_reduce_sum(totals)
     return (totals[0] / totals[1].clamp_min(1)).item()
-
-
-def cpu_fields(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
-    """The first processor's fields in /proc/cpuinfo ("model name", "cpu family", ...); empty
-    where there is no such file."""
-    fields: dict[str, str] = {}
-    try:
-        with cpuinfo.open(encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    break  # the first processor's block is enough
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return fields
-
-
-def cpu_model_name() -> str:
-    """The processor's marketing name ("AMD EPYC 7B13"), not just the architecture."""
-    return cpu_fields().get("model name") or platform.processor()
 
 
 def machine_info(device: torch.device, world_size: int) -> dict[str, Any]:
