@@ -55,7 +55,8 @@ class BadTensor(HTTPException):
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are ignored: clients add their own (KServe's sends `model_name`).
+    model_config = ConfigDict(extra="ignore")
 
 
 class RequestInput(_Wire):

@@ -43,7 +43,7 @@ OIP_ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing or wrong X-API-Key (when a key is configured)",
         404: "Unknown model or version",
         413: "Body over the upload limit, image over the pixel limit, or too many items",
-        415: "Compressed request body (Content-Encoding)",
+        415: "Not a supported image format, or a compressed body (Content-Encoding)",
         503: "Models loading or server overloaded (Retry-After)",
         504: "Inference deadline exceeded",
     }.items()
