@@ -36,6 +36,8 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 probes = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
 EXTENSIONS = ["binary_tensor_data", "classification"]
+# Bodies up to this size are parsed on the event loop, faster than the round trip to a thread.
+INLINE_PARSE_MAX_BYTES = 64 * 1024
 OIP_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": why, "content": {"application/json": {"example": {"error": "..."}}}}
     for code, why in {
@@ -311,8 +313,11 @@ async def _infer(
     model = resolve(registry, name, version)
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise HTTPException(415, "compressed request bodies are not accepted")
-    body = await request.body()
-    parsed, x = oip.read_request(body, request.headers.get(oip.HEADER_LENGTH))
+    body, length = await request.body(), request.headers.get(oip.HEADER_LENGTH)
+    if len(body) <= INLINE_PARSE_MAX_BYTES:
+        parsed, x = oip.read_request(body, length)
+    else:  # a big JSON tensor takes milliseconds to parse: off the event loop
+        parsed, x = await run_in_threadpool(oip.read_request, body, length)
     known = {s.name for s in model.signature.outputs}
     for o in parsed.outputs or []:
         if o.name not in known:

@@ -4,6 +4,7 @@ JSON mode, KServe's REST client): answers equal our own routes', errors are `{"e
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import threading
@@ -191,6 +192,27 @@ def test_encode_equals_encode_route(
     ref = ours.post("/encode", json={"pixels": pixels.tolist()}).json()["results"]
     np.testing.assert_allclose(r.as_numpy("mean"), [x["mean"] for x in ref], atol=1e-6)
     np.testing.assert_allclose(r.as_numpy("log_var"), [x["log_var"] for x in ref], atol=1e-6)
+
+
+def test_image_files_as_base64_json(ours: httpx.Client) -> None:
+    """JSON cannot carry raw image bytes; base64 strings with `content_type: base64` (MLServer's
+    convention) can."""
+    data = [base64.b64encode(b).decode() for b in IMAGES]
+    image = {"name": "image", "datatype": "BYTES", "shape": [len(IMAGES)], "data": data}
+    r = ours.post(
+        "/v2/models/vae-mnist.encode/infer",
+        json={"inputs": [{**image, "parameters": {"content_type": "base64"}}]},
+    )
+    assert r.status_code == 200, r.text
+    mean = next(o for o in r.json()["outputs"] if o["name"] == "mean")
+    assert mean["shape"] == [len(IMAGES), LATENT] and mean["datatype"] == "FP32"
+    ref = ours.post("/encode", files=files(IMAGES)).json()["results"]
+    np.testing.assert_allclose(
+        np.reshape(mean["data"], mean["shape"]), [x["mean"] for x in ref], atol=1e-6
+    )
+    # Without the parameter the strings are the elements' UTF-8 bytes: not an image.
+    r = ours.post("/v2/models/vae-mnist.encode/infer", json={"inputs": [image]})
+    assert r.status_code == 415 and "not a supported image" in r.json()["error"]
 
 
 @pytest.mark.parametrize("binary", [True, False])
