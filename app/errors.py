@@ -99,9 +99,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(NoModel)
     async def no_model(request: Request, e: NoModel) -> JSONResponse:
-        return error_response(
-            503, str(e), scope=request.scope
-        )  # no Retry-After: retrying will not load it
+        # No Retry-After: retrying will not load it.
+        return error_response(503, str(e), scope=request.scope)
 
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, e: NotReady) -> JSONResponse:
