@@ -1,4 +1,8 @@
-"""Every error as JSON `ErrorResponse` with the right status; never a stack trace to clients."""
+"""Every error as JSON with the right status; never a stack trace to clients.
+
+Our routes answer `ErrorResponse`; the Open Inference Protocol routes under /v2 answer the
+protocol's `{"error": message}` (its clients read that field), from the same handlers.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from app import images
 from app.batching import DeadlineExceeded, Overloaded
@@ -28,10 +33,27 @@ IMAGE_STATUS: dict[type[images.ImageError], int] = {
 }
 
 
+OIP_PREFIX = "/v2"
+
+
+def is_oip(scope: Scope) -> bool:
+    """Whether the request is on an Open Inference Protocol route (/v2...)."""
+    path = str(scope.get("path", "")).removeprefix(str(scope.get("root_path", "")))
+    return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
+
+
 def error_response(
-    status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    status: int,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    scope: Scope | None = None,
+    **extra: Any,
 ) -> JSONResponse:
-    """The one JSON error shape, with the request id."""
+    """The JSON error of the request's protocol: ours with the request id, or on /v2 the Open
+    Inference Protocol's `{"error"}`, whose invalid requests are 400 (it has no 422)."""
+    if scope is not None and is_oip(scope):
+        status = 400 if status == 422 else status
+        return JSONResponse({"error": detail}, status_code=status, headers=headers)
     body = ErrorResponse(detail=detail, status=status, request_id=current_request_id(), **extra)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
@@ -55,43 +77,44 @@ def install(app: FastAPI) -> None:
     """Register the handlers on `app`."""
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return error_response(e.status_code, str(e.detail), dict(e.headers or {}))
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        return error_response(e.status_code, str(e.detail), dict(e.headers or {}), request.scope)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
         errors = [_clean(err) for err in e.errors()]
-        return error_response(422, _summary(errors), errors=errors)
+        return error_response(422, _summary(errors), scope=request.scope, errors=errors)
 
     @app.exception_handler(images.ImageError)
-    async def image_error(_: Request, e: images.ImageError) -> JSONResponse:
-        return error_response(IMAGE_STATUS.get(type(e), 400), str(e))
+    async def image_error(request: Request, e: images.ImageError) -> JSONResponse:
+        return error_response(IMAGE_STATUS.get(type(e), 400), str(e), scope=request.scope)
 
     @app.exception_handler(PayloadError)
-    async def payload_error(_: Request, e: PayloadError) -> JSONResponse:
-        return error_response(422, str(e))
+    async def payload_error(request: Request, e: PayloadError) -> JSONResponse:
+        return error_response(422, str(e), scope=request.scope)
 
     @app.exception_handler(UnknownModel)
-    async def unknown_model(_: Request, e: UnknownModel) -> JSONResponse:
-        return error_response(404, str(e.args[0]))
+    async def unknown_model(request: Request, e: UnknownModel) -> JSONResponse:
+        return error_response(404, str(e.args[0]), scope=request.scope)
 
     @app.exception_handler(NoModel)
-    async def no_model(_: Request, e: NoModel) -> JSONResponse:
-        return error_response(503, str(e))  # no Retry-After: retrying will not load it
+    async def no_model(request: Request, e: NoModel) -> JSONResponse:
+        # No Retry-After: retrying will not load it.
+        return error_response(503, str(e), scope=request.scope)
 
     @app.exception_handler(NotReady)
-    async def not_ready(_: Request, e: NotReady) -> JSONResponse:
-        return error_response(503, str(e), {"Retry-After": "1"})
+    async def not_ready(request: Request, e: NotReady) -> JSONResponse:
+        return error_response(503, str(e), {"Retry-After": "1"}, request.scope)
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, e: Overloaded) -> JSONResponse:
         request.app.state.metrics.reject("overloaded")
-        return error_response(503, str(e), {"Retry-After": str(e.retry_after)})
+        return error_response(503, str(e), {"Retry-After": str(e.retry_after)}, request.scope)
 
     @app.exception_handler(DeadlineExceeded)
     async def deadline(request: Request, e: DeadlineExceeded) -> JSONResponse:
         request.app.state.metrics.reject("deadline")
-        return error_response(504, str(e))
+        return error_response(504, str(e), scope=request.scope)
 
 
 def not_acceptable(offered: list[str]) -> HTTPException:

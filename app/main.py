@@ -25,7 +25,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import ServingMiddleware
 from app.registry import Registry
-from app.routes import classify, health, models, vae
+from app.routes import classify, health, models, v2, vae
 from app.settings import Settings, describe_error
 
 log = logging.getLogger("app.main")
@@ -35,11 +35,13 @@ try:
 except PackageNotFoundError:  # running from a checkout without `pip install -e .`
     __version__ = "0.0.0+local"
 
-# Every router the app serves besides the probes (health.router); known_routes reads them too.
-API_ROUTERS = (classify.router, vae.router, models.router)
+# Every router the app serves besides the probes; known_routes reads them too.
+API_ROUTERS = (classify.router, vae.router, models.router, v2.router)
+PROBE_ROUTERS = (health.router, v2.probes)
 
 DESCRIPTION = """Serving for AlexNet (classification) and the AEVB variational autoencoder.
-Errors are JSON `{"detail", "status", "request_id"}`; every response carries `X-Request-ID`."""
+Errors are JSON `{"detail", "status", "request_id"}` (on the Open Inference Protocol routes
+under /v2, the protocol's `{"error"}`); every response carries `X-Request-ID`."""
 
 
 @asynccontextmanager
@@ -95,13 +97,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth = [Depends(require_api_key)] if settings.api_key is not None else []
     for router in API_ROUTERS:
         app.include_router(router, dependencies=auth)
-    app.include_router(health.router, dependencies=[] if settings.open_probes else auth)
+    for router in PROBE_ROUTERS:
+        app.include_router(router, dependencies=[] if settings.open_probes else auth)
     app.add_middleware(
         ServingMiddleware, metrics=app.state.metrics, max_body=settings.max_upload_bytes
     )
     app.state.metrics.known_routes(
         (route.path, method)
-        for router in (*API_ROUTERS, health.router)
+        for router in (*API_ROUTERS, *PROBE_ROUTERS)
         for route in router.routes
         if isinstance(route, APIRoute)
         for method in sorted(route.methods or ())

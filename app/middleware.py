@@ -95,14 +95,13 @@ class ServingMiddleware:
             await self.app(scope, receive_limited, send_wrapper)
         except BodyTooLarge as e:
             if not started:
-                await error_response(413, e.detail)(scope, receive, send_wrapper)
+                await error_response(413, e.detail, scope=scope)(scope, receive, send_wrapper)
         except Exception:
             # Last resort: log the trace with the request id, answer 500 without it.
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not started:
-                await error_response(500, f"internal server error (request id {request_id})")(
-                    scope, receive, send_wrapper
-                )
+                detail = f"internal server error (request id {request_id})"
+                await error_response(500, detail, scope=scope)(scope, receive, send_wrapper)
         finally:
             self.metrics.in_flight.dec()
             seconds = time.perf_counter() - start
