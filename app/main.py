@@ -25,7 +25,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import ServingMiddleware
 from app.registry import Registry
-from app.routes import classify, health, models, vae
+from app.routes import classify, health, models, ui, vae
 from app.settings import Settings, describe_error
 
 log = logging.getLogger("app.main")
@@ -96,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in API_ROUTERS:
         app.include_router(router, dependencies=auth)
     app.include_router(health.router, dependencies=[] if settings.open_probes else auth)
+    if settings.ui:
+        ui.install(app)
     app.add_middleware(
         ServingMiddleware, metrics=app.state.metrics, max_body=settings.max_upload_bytes
     )
