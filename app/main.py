@@ -97,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=auth)
     app.include_router(health.router, dependencies=[] if settings.open_probes else auth)
     if settings.ui:
-        ui.install(app)
+        app.include_router(ui.router)  # no auth: the page holds no data (app/routes/ui.py)
     app.add_middleware(
         ServingMiddleware, metrics=app.state.metrics, max_body=settings.max_upload_bytes
     )

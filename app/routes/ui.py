@@ -1,17 +1,17 @@
-"""GET /: the page for people, and its assets under /ui/ (static files in `app/static`).
+"""GET / and GET /ui/{name}: the page for people and its assets (static files in `app/static`).
 
 The page is a client of the public API like any other: it calls /models, /classify, /encode,
 /decode, /sample and /impute with the API key typed into it. It holds no data, so it is open
-even when a key is configured (as /docs is); `MODELSERVE_UI=false` leaves it out (404).
+even when a key is configured (as /docs is); `MODELSERVE_UI=false` leaves the router out (404).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Request
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
@@ -25,21 +25,28 @@ CSP = (
 
 router = APIRouter(include_in_schema=False)
 
+# Starlette's file serving (content types, ETag and 304, no path escapes) behind our own routes,
+# so each request is counted under its route template like every other (a mount is not).
+files = StaticFiles(directory=STATIC)
+
 
 @router.get("/")
-async def index() -> FileResponse:
+async def index(request: Request) -> Response:
     """The page itself; its scripts and styles are under /ui/."""
-    return FileResponse(
-        STATIC / "index.html",
-        headers={
+    response = await files.get_response("index.html", request.scope)
+    response.headers.update(
+        {
             "Content-Security-Policy": CSP,
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "no-cache",  # revalidated (ETag), so a new release shows at once
-        },
+        }
     )
+    return response
 
 
-def install(app: FastAPI) -> None:
-    """Serve the page at / and its assets at /ui/ (no authentication: they hold no data)."""
-    app.include_router(router)
-    app.mount("/ui", StaticFiles(directory=STATIC), name="ui")
+@router.get("/ui/{name}")
+async def asset(name: str, request: Request) -> Response:
+    """A script or style sheet of the page (404 for anything else)."""
+    response = await files.get_response(name, request.scope)
+    response.headers.update({"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
+    return response

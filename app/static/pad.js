@@ -66,11 +66,11 @@ export class Pad {
         <button type="button" data-act="clear">Clear<span class="visually-hidden"> ${this.name}</span></button>
       </div>
       ${this.withMask ? `
-      <fieldset class="pad-tools">
-        <legend>Brush</legend>
+      <div class="pad-tools brush" role="radiogroup" aria-labelledby="${id}-brush">
+        <span id="${id}-brush">Brush:</span>
         <label><input type="radio" name="${id}-brush" value="ink" checked> Ink</label>
         <label><input type="radio" name="${id}-brush" value="erase"> Eraser</label>
-      </fieldset>
+      </div>
       <div class="pad-tools" role="group" aria-label="Erase a part of ${this.name}">
         <button type="button" data-half="top">Erase top half</button>
         <button type="button" data-half="bottom">Erase bottom half</button>

@@ -55,7 +55,17 @@ def test_every_asset_and_module_the_page_loads_is_served(client: TestClient) -> 
             }, url
             todo += [f"ui/{m}" for m in re.findall(r'from "\./([^"]+)"', r.text)]
     assert seen >= {"ui/app.js", "ui/api.js", "ui/pad.js", "ui/app.css"}
-    assert client.get("/ui/nope.js").status_code == 404
+
+
+def test_assets_revalidate_and_nothing_else_is_served(client: TestClient) -> None:
+    for path in ("/", "/ui/app.js"):
+        etag = client.get(path).headers["etag"]
+        assert client.get(path, headers={"If-None-Match": etag}).status_code == 304, path
+    for path in ("/ui/nope.js", "/ui/..%2Froutes%2Fui.py", "/ui/%2E%2E%2F__init__.py"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.json()["status"] == 404, path
+    # Counted under the route template, never one series per file name.
+    assert 'route="/ui/{name}",status="404"' in client.get("/metrics").text
 
 
 def test_no_file_of_the_page_reaches_outside_the_origin() -> None:
