@@ -145,16 +145,31 @@ def bars(page: Any) -> list[tuple[str, str]]:
 
 
 # --- the tiny models ---------------------------------------------------------------------
-def test_model_pickers_come_from_models_and_no_inpaint_without_impute(
-    open_page: Any, tiny: str
-) -> None:
+def test_model_pickers_come_from_models(open_page: Any, tiny: str) -> None:
     page = open_page(tiny)
     models_loaded(page)
     expect(page.locator("#classifier option")).to_have_text(["alexnet-cifar10 (default)"])
     expect(page.locator("#vae option")).to_have_text(["vae-mnist (default)"])
     expect(page.locator("#vae-card")).to_contain_text("3-d latent")
-    assert "/impute" not in httpx.get(f"{tiny}/openapi.json").json()["paths"]
-    expect(page.locator("#inpaint")).to_be_hidden()
+
+
+def test_inpaint_panel_shows_exactly_when_the_schema_lists_impute(
+    open_page: Any, tiny: str, model_dir: Path
+) -> None:
+    page = open_page(tiny)
+    models_loaded(page)
+    listed = "/impute" in httpx.get(f"{tiny}/openapi.json").json()["paths"]
+    if listed:
+        expect(page.locator("#inpaint")).to_be_visible()
+    else:
+        expect(page.locator("#inpaint")).to_be_hidden()
+    # No schema served at all: no panel, and the rest of the page works.
+    with serve_in_thread(test_settings(model_dir, docs=False)) as url:
+        page = open_page(url)
+        models_loaded(page)
+        page.get_by_role("button", name="Sample").click()
+        expect(page.locator("#sample-grid canvas")).to_have_count(16)
+        expect(page.locator("#inpaint")).to_be_hidden()
 
 
 def test_dropped_image_shows_the_apis_top_classes_as_bars(open_page: Any, tiny: str) -> None:
