@@ -25,7 +25,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import ServingMiddleware
 from app.registry import Registry
-from app.routes import classify, health, models, v2, vae
+from app.routes import classify, health, models, ui, v2, vae
 from app.settings import Settings, describe_error
 
 log = logging.getLogger("app.main")
@@ -99,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=auth)
     for router in PROBE_ROUTERS:
         app.include_router(router, dependencies=[] if settings.open_probes else auth)
+    if settings.ui:
+        app.include_router(ui.router)  # no auth: the page holds no data (app/routes/ui.py)
     app.add_middleware(
         ServingMiddleware, metrics=app.state.metrics, max_body=settings.max_upload_bytes
     )

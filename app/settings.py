@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         description="Serve /docs, /redoc and /openapi.json (open even with api_key: they "
         "describe the API and hold no data; false: 404)",
     )
+    ui: bool = Field(
+        default=True,
+        description="Serve the page for people at / (open even with api_key: it holds no data "
+        "and calls the API with the key typed into it; false: 404)",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
