@@ -1,6 +1,6 @@
 """Soak: mixed traffic on every endpoint at high concurrency for minutes, watching for decay.
 
-Starts our service (benchmarks.run.serve_ours: uvicorn subprocess, one process) on a directory
+Starts our service (benchmarks.servers.serve_ours: uvicorn subprocess, one process) on a directory
 holding a classifier and a VAE (the shipped checkpoints, or the benchmark's random stand-ins),
 then drives `--concurrency` closed-loop clients for `--duration` seconds. Each request is drawn
 at random (seeded) from a weighted mix: the four model endpoints with the load generator's request
@@ -41,8 +41,9 @@ import numpy as np
 
 from benchmarks import loadgen
 from benchmarks.inputs import DEFAULT_DATA_DIR, grey_corpus, latent_rows, rgb_corpus
+from benchmarks.machine import machine
 from benchmarks.make_checkpoints import _link_or_standin, small_alexnet_standin, vae_standin
-from benchmarks.run import machine, serve_ours
+from benchmarks.servers import serve_ours
 from models.checkpoint import read_card
 
 REPO = Path(__file__).resolve().parents[1]

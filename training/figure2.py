@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -135,10 +136,9 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Train the requested latent sizes (resuming), then write the table; returns its rows."""
-    from training.cli import main  # the same `vae` command a user runs
-
+def run(args: argparse.Namespace, train: Callable[[Sequence[str]], int]) -> list[dict[str, Any]]:
+    """Train the requested latent sizes (resuming) with `train`, the CLI's own entry point (the
+    same `vae` command a user runs), then write the table; returns its rows."""
     done = {r["latent"]: r.get("epochs", 0) for r in collect(args.runs_dir)}
     for nz in args.latents:
         if done.get(nz, 0) >= args.epochs:  # finished earlier: keep its card (and eval-vae figures)
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         argv += ["--run-dir", str(args.runs_dir / f"nz{nz}"), "--resume", "--device", args.device]
         if not args.progress:
             argv.append("--no-progress")
-        if main(argv) != 0:
+        if train(argv) != 0:
             raise RuntimeError(f"training Nz={nz} failed")
     rows = collect(args.runs_dir)
     args.out.mkdir(parents=True, exist_ok=True)
