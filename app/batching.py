@@ -95,7 +95,7 @@ class Lanes:
 
     Why more than one lane: on a CPU a compute-bound model runs more images per second as
     single-threaded batches side by side than as one batch on every core (benchmarks.inprocess
-    measures both; README, Performance), while one batch on every core has the lower latency.
+    measures both; docs/performance.md), while one batch on every core has the lower latency.
     So a lone request gets every core and a loaded server runs batches side by side.
     """
 

@@ -71,7 +71,7 @@ def _best(
 
 
 def compute_bound_config(report: dict[str, Any]) -> str:
-    """Our configuration for a compute-bound model, the one the README recommends: on a CPU
+    """Our configuration for a compute-bound model, the one docs/performance.md recommends: on a CPU
     one process with one inference lane per core (ours-lN), elsewhere the default (ours)."""
     cores = report.get("machine", {}).get("cores") or 1
     on_cpu = report.get("config", {}).get("device", "cpu") == "cpu"
@@ -82,7 +82,7 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Each of issue 4's CPU targets that this report has the points for, met or missed and by how much.
 
     The full AlexNet's targets at c=16-64 hold our service at one configuration, the one the
-    README recommends for a compute-bound model (`compute_bound_config`; our best-throughput
+    docs recommend for a compute-bound model (`compute_bound_config`; our best-throughput
     configuration at that point where it did not run), as a user deploys one; LitServe gets
     its best worker count per point. (Picking our best-throughput configuration per point
     picked by noise among configurations within a few % of each other, and with them the p99

@@ -106,7 +106,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         "Model as in the paper: one hidden layer of 500 tanh units in encoder and decoder, Bernoulli",
         "decoder, one sample per datapoint, minibatch 100, dynamic binarisation of the training",
         "images; the test set is binarised once (seed 0). Our optimiser is Adam with no prior on",
-        "the weights (the paper used Adagrad and an N(0, I) prior; see the README's deviations).",
+        "the weights (the paper used Adagrad and an N(0, I) prior; see docs/training.md's deviations).",
         "The paper's values are **approximate, read off the plot** of Figure 2 at 10^8 training",
         "samples; ours are at the budget shown (the samples column), so a row well short of that",
         "is an early figure beside a converged one, not a like-for-like comparison.",
