@@ -8,7 +8,7 @@ shapes, /models, /models/{name}, the probes, /metrics, and a share of deliberate
 (each must get its 4xx). Every `--interval` seconds it records the server's RSS (from /proc).
 
 Reports, per bucket of `--bucket` seconds: requests, statuses, p50/p99 latency, RSS; then the
-three checks of issue 5, counted after `--warmup`:
+three checks, counted after `--warmup`:
 * no 5xx other than deliberate 503 shedding (and no transport errors, no unexpected status);
 * RSS growth after warm-up under 10% (median of the last bucket vs the first after warm-up);
 * p99 steady: no post-warm-up bucket's p99 above 2x the median bucket p99.
