@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from app import schemas, timing
-from app.batching import Batcher, BatchStats, Lanes
+from app.batching import Batcher, BatchStats
 from app.images import register_formats
+from app.lanes import Lanes
 from app.metrics import Metrics
 from app.predictors import ClassifierPredictor, Predictor, VAEPredictor
 from app.settings import Settings

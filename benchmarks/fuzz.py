@@ -1,7 +1,7 @@
 """Long fuzzing run: schemathesis against a real server's own OpenAPI schema, thousands of cases.
 
 The in-suite run (tests/app/test_fuzz.py) stays at a few hundred cases in-process; this one
-starts the service as a real uvicorn process (benchmarks.run.serve_ours, on the soak's model
+starts the service as a real uvicorn process (benchmarks.servers.serve_ours, on the soak's model
 directory: shipped checkpoints or random stand-ins) and runs the schemathesis CLI over every
 operation with `--max-examples` per operation, positive and negative cases, the same checks:
 no 5xx, status/content type/headers/body as documented, schema-violating requests refused.
@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import machine, serve_ours
+from benchmarks.machine import machine
+from benchmarks.servers import serve_ours
 from benchmarks.soak import model_dir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,12 +11,10 @@ The client is kept cheap, since at concurrency 1 its own time is part of every l
 are built once (a pool of `POOL` bodies, encoded before the clock starts, sent round-robin), the
 loop is uvloop where installed (uvicorn[standard] brings it), each client is an httpx.AsyncClient
 that skips cookie handling (`benchmarks.transport.CookielessClient`) and sends through
-`benchmarks.transport.LeanTransport` (`--transport httpx` keeps httpx's own). Measured at c=1
-against GET /healthz on the 2-core CPU box (the server's own share 0.15-0.2 ms), p50 end to
-end: 2.3 ms with the stock loop and transport (then also paying httpcore's per-request failed
-`import sniffio`, why sniffio is a dependency), 1.0-1.2 ms with uvloop and sniffio, 0.7 ms with
-the lean transport, 0.63-0.65 ms without cookie handling; a raw blocking socket client takes
-0.4 ms.
+`benchmarks.transport.LeanTransport` (`--transport httpx` keeps httpx's own). The project
+depends on sniffio because httpcore, without it, retries a failing import on every request
+(encode/httpcore#1103). What the client costs per request, against httpx's own transport and
+against wrk: docs/performance.md (`python -m benchmarks.experiments.loadgen_vs_wrk`).
 
     python -m benchmarks.loadgen http://127.0.0.1:8000 --flavour ours --endpoint classify \\
         --model alexnet-cifar10 --concurrency 1 4 16 64 --duration 10

@@ -15,7 +15,7 @@ from typing import Any
 from benchmarks.loadgen import PROBE
 
 Point = dict[str, Any]
-# issue 4's targets
+# The CPU targets the service is held to (docs/performance.md)
 CEILING_SHARE = 0.85  # full AlexNet, c=16-64: our images/s over the in-process ceiling
 OVERHEAD_RATIO = 1.3  # overhead-bound workloads: our peak req/s over LitServe's
 SINGLE_SLACK_MS = 2.0  # c=1: our p50 minus the in-process single-item time
@@ -71,7 +71,7 @@ def _best(
 
 
 def compute_bound_config(report: dict[str, Any]) -> str:
-    """Our configuration for a compute-bound model, the one the README recommends: on a CPU
+    """Our configuration for a compute-bound model, the one docs/performance.md recommends: on a CPU
     one process with one inference lane per core (ours-lN), elsewhere the default (ours)."""
     cores = report.get("machine", {}).get("cores") or 1
     on_cpu = report.get("config", {}).get("device", "cpu") == "cpu"
@@ -79,10 +79,10 @@ def compute_bound_config(report: dict[str, Any]) -> str:
 
 
 def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each of issue 4's CPU targets that this report has the points for, met or missed and by how much.
+    """Each CPU target that this report has the points for, met or missed and by how much.
 
     The full AlexNet's targets at c=16-64 hold our service at one configuration, the one the
-    README recommends for a compute-bound model (`compute_bound_config`; our best-throughput
+    docs recommend for a compute-bound model (`compute_bound_config`; our best-throughput
     configuration at that point where it did not run), as a user deploys one; LitServe gets
     its best worker count per point. (Picking our best-throughput configuration per point
     picked by noise among configurations within a few % of each other, and with them the p99
@@ -321,7 +321,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         lines.append("")
     if report.get("targets"):
-        lines += ["## Targets (issue 4, CPU)", "", "| target | measured | met |", "|---|---|---|"]
+        lines += ["## Targets (CPU)", "", "| target | measured | met |", "|---|---|---|"]
         for t in report["targets"]:
             lines.append(f"| {t['target']} | {t['value']} | {'yes' if t['met'] else '**no**'} |")
         lines.append("")

@@ -18,31 +18,26 @@ benchmarks/results/latest.md, with the machine's description and the issue's tar
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import httpx
-
 from benchmarks import loadgen
 from benchmarks.inputs import DEFAULT_DATA_DIR, Corpus, grey_corpus, latent_rows, rgb_corpus
+from benchmarks.machine import machine
 from benchmarks.make_checkpoints import prepare
 from benchmarks.report import check_targets, render_markdown
+from benchmarks.rounds import median_ceilings, median_of_rounds
+from benchmarks.servers import REPO, serve_litserve, serve_ours
 from models.checkpoint import read_card
 
-REPO = Path(__file__).resolve().parents[1]
 GROUP_ENDPOINTS = {
     "small": ["classify"],
     "full": ["classify"],
@@ -57,166 +52,6 @@ class Inputs:
     rgb: Corpus  # /classify uploads
     grey: Corpus  # /encode uploads
     latents: list[list[float]]  # /decode rows
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def server(
-    cmd: list[str], env: dict[str, str], url: str, probe: str, log: Path, startup_s: float = 180.0
-) -> Iterator[int]:
-    """Run `cmd` in its own process group until the block ends; wait for `probe` to answer 200.
-
-    Yields the server's process id (the group leader).
-    """
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{cmd[2]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + probe, timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{cmd[2]} not ready after {startup_s}s:\n{log.read_text()[-3000:]}"
-                )
-            time.sleep(0.5)
-        yield proc.pid
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # the group: LitServe's worker processes too
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def serve_ours(
-    model_dir: Path,
-    model: str,
-    max_batch_size: int,
-    batch_timeout_ms: float,
-    log: Path,
-    threads: int | None = None,
-    workers: int = 1,
-    device: str = "cpu",
-    lanes: int = 1,
-) -> Iterator[tuple[str, int]]:
-    """Our service (uvicorn, `workers` processes) on `model_dir`; yields (base URL, pid).
-
-    `threads` sets MODELSERVE_TORCH_THREADS; None keeps the service's default (cores / workers).
-    `lanes` sets MODELSERVE_INFERENCE_LANES.
-    Several workers run as in production: WEB_CONCURRENCY and a PROMETHEUS_MULTIPROC_DIR.
-    """
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ,
-           "MODELSERVE_MODEL_DIR": str(model_dir),
-           "MODELSERVE_DEFAULT_CLASSIFIER": model, "MODELSERVE_DEFAULT_VAE": model,
-           "MODELSERVE_MAX_BATCH_SIZE": str(max_batch_size),
-           "MODELSERVE_BATCH_TIMEOUT_MS": str(batch_timeout_ms),
-           "MODELSERVE_DEVICE": torch_device_type(device),
-           "MODELSERVE_LOG_LEVEL": "WARNING"}  # fmt: skip
-    if threads is not None:
-        env["MODELSERVE_TORCH_THREADS"] = str(threads)
-    if lanes != 1:
-        env["MODELSERVE_INFERENCE_LANES"] = str(lanes)
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning", "--no-access-log",
-           "--workers", str(workers)]  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="bench-prom-") as prom:
-        if workers > 1:
-            env |= {"WEB_CONCURRENCY": str(workers), "PROMETHEUS_MULTIPROC_DIR": prom}
-        with server(cmd, env, url, "/readyz", log) as pid:
-            yield url, pid
-
-
-@contextlib.contextmanager
-def serve_litserve(
-    checkpoint: Path,
-    workers: int,
-    max_batch_size: int,
-    batch_timeout_ms: float,
-    log: Path,
-    device: str = "cpu",
-) -> Iterator[tuple[str, int]]:
-    """The LitServe contender on one checkpoint; yields (base URL, pid)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "benchmarks.litserve_server", str(checkpoint),
-           "--port", str(port), "--workers", str(workers),
-           "--max-batch-size", str(max_batch_size),
-           "--batch-timeout-ms", str(batch_timeout_ms),
-           "--accelerator", torch_device_type(device)]  # fmt: skip
-    with server(cmd, dict(os.environ), url, "/health", log) as pid:
-        yield url, pid
-
-
-def torch_device_type(device: str) -> str:
-    """ "cuda:0" -> "cuda": the servers take a device type and pick the GPU themselves."""
-    return device.split(":", 1)[0]
-
-
-def cpu_id(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
-    """ "family 26 model 2 stepping 1" from /proc/cpuinfo (None where there is none)."""
-    from models.hardware import cpu_fields
-
-    fields = cpu_fields(cpuinfo)
-    parts = [
-        f"{k.split()[-1]} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields
-    ]
-    return " ".join(parts) or None
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    import torch
-
-    from models.hardware import cpu_model_name
-
-    cpu = cpu_model_name()
-    try:
-        import litserve
-
-        litserve_version = litserve.__version__
-    except ImportError:
-        litserve_version = None
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=REPO
-    )
-    return {
-        "cpu": cpu,
-        # "AMD EPYC" names several generations: family/model/stepping and the vector ISA torch
-        # dispatches to tell them apart (the same VM name has run 3x apart in images/s)
-        "cpu_id": cpu_id(),
-        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads_default": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "litserve": litserve_version,
-        "commit": commit.stdout.strip() or "unknown",
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def sweep_server(
@@ -287,70 +122,6 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
         out += [Contender("ours", f"ours-l{n}", lanes=n) for n in args.ours_lanes if n != 1]
     if "litserve" in args.contenders:
         out += [Contender("litserve", f"litserve-w{w}", workers=w) for w in args.litserve_workers]
-    return out
-
-
-def median_of_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One point per (contender, endpoint, model, concurrency): the round with the median
-    requests/s (the lower middle one for an even count), whole, so its latencies belong to its
-    throughput; every round's requests/s is kept beside it in `rounds_requests_per_s`."""
-    if len(rounds) == 1:
-        return rounds[0]
-    by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for points in rounds:
-        for p in points:
-            key = (p["contender"], p["endpoint"], p["model"], p["concurrency"])
-            by_key.setdefault(key, []).append(p)
-    merged = []
-    for same in by_key.values():
-        ranked = sorted(same, key=lambda p: p["requests_per_s"])
-        merged.append(
-            {
-                **ranked[(len(ranked) - 1) // 2],
-                "rounds_requests_per_s": [p["requests_per_s"] for p in same],
-            }
-        )
-    return merged
-
-
-CEILING_FIGURES = ("items_per_s", "single_p50_ms", "single_after_idle_p50_ms")
-
-
-def median_ceilings(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One ceiling per endpoint from its measurement in every round: each figure the median of
-    the rounds (the throughput and the single-item latencies are separate measurements, so each
-    takes its own), every round's value kept beside it in `rounds_<figure>`. For an even count
-    the tie goes against the servers: the higher throughput, the lower latency."""
-    if not rounds:
-        return []
-    merged = []
-    for same in zip(*rounds, strict=True):
-        # Whole fields (threads, batch size) from the round with the median throughput.
-        out = dict(sorted(same, key=lambda c: c["items_per_s"])[len(same) // 2])
-        for figure in CEILING_FIGURES:
-            values = [c[figure] for c in same if c.get(figure) is not None]
-            if values:
-                ranked = sorted(values)
-                out[figure] = ranked[
-                    len(values) // 2 if figure == "items_per_s" else (len(values) - 1) // 2
-                ]
-                if len(same) > 1:
-                    out[f"rounds_{figure}"] = values
-        if out.get("in_flight"):
-            out["in_flight"] = [
-                _median_bound(list(bounds))
-                for bounds in zip(*(c["in_flight"] for c in same), strict=True)
-            ]
-        merged.append(out)
-    return merged
-
-
-def _median_bound(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """One in-flight bound (benchmarks.inprocess --in-flight) from every round's: the round with
-    the median items/s (the higher one of an even count), every round's figure beside it."""
-    out = dict(sorted(rounds, key=lambda b: b["items_per_s"])[len(rounds) // 2])
-    if len(rounds) > 1:
-        out["rounds_items_per_s"] = [b["items_per_s"] for b in rounds]
     return out
 
 

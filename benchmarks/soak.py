@@ -1,6 +1,6 @@
 """Soak: mixed traffic on every endpoint at high concurrency for minutes, watching for decay.
 
-Starts our service (benchmarks.run.serve_ours: uvicorn subprocess, one process) on a directory
+Starts our service (benchmarks.servers.serve_ours: uvicorn subprocess, one process) on a directory
 holding a classifier and a VAE (the shipped checkpoints, or the benchmark's random stand-ins),
 then drives `--concurrency` closed-loop clients for `--duration` seconds. Each request is drawn
 at random (seeded) from a weighted mix: the four model endpoints with the load generator's request
@@ -8,7 +8,7 @@ shapes, /models, /models/{name}, the probes, /metrics, and a share of deliberate
 (each must get its 4xx). Every `--interval` seconds it records the server's RSS (from /proc).
 
 Reports, per bucket of `--bucket` seconds: requests, statuses, p50/p99 latency, RSS; then the
-three checks of issue 5, counted after `--warmup`:
+three checks, counted after `--warmup`:
 * no 5xx other than deliberate 503 shedding (and no transport errors, no unexpected status);
 * RSS growth after warm-up under 10% (median of the last bucket vs the first after warm-up);
 * p99 steady: no post-warm-up bucket's p99 above 2x the median bucket p99.
@@ -41,8 +41,9 @@ import numpy as np
 
 from benchmarks import loadgen
 from benchmarks.inputs import DEFAULT_DATA_DIR, grey_corpus, latent_rows, rgb_corpus
+from benchmarks.machine import machine
 from benchmarks.make_checkpoints import _link_or_standin, small_alexnet_standin, vae_standin
-from benchmarks.run import machine, serve_ours
+from benchmarks.servers import serve_ours
 from models.checkpoint import read_card
 
 REPO = Path(__file__).resolve().parents[1]

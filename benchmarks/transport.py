@@ -1,12 +1,13 @@
 """A lean HTTP/1.1 transport for httpx.AsyncClient: the load generator's wire, kept cheap.
 
-At concurrency 1 the client's own time is part of every latency the benchmark reports. httpx's
-default transport (httpcore over anyio, h11 parsing in pure Python) costs about 1 ms per
-request on the 2-core CPU box, before the server sees a byte; this one writes the request in a
-single send on one keep-alive asyncio connection and parses the answer with httptools (the C
-parser uvicorn itself uses), so the same client's floor (GET /healthz) drops from ~1.2 ms to
-~0.7 ms. Requests, responses, timeouts and errors stay httpx's own types, so callers do not
-change.
+At concurrency 1 the client's own time is part of every latency the benchmark reports. This
+transport writes the request in a single send on one keep-alive asyncio connection and parses
+the answer with httptools (the C parser uvicorn itself uses) where httpx's default runs
+httpcore over anyio and parses with h11 in pure Python: the load generator spends about 0.5 ms
+of CPU per GET /healthz at c=1 and 0.24 ms at c=64 through it, 1.2 and 0.75 ms through
+httpx's own, on a 2-core EPYC (`python -m benchmarks.experiments.loadgen_vs_wrk`,
+docs/performance.md). Requests,
+responses, timeouts and errors stay httpx's own types, so callers do not change.
 
 Scope, on purpose: plain http:// only (the benchmark drives local servers; https falls back to
 httpx's transport in `client_transport`), one request at a time per connection (one client per

@@ -122,7 +122,7 @@ def _lrn_inference(x: Tensor, size: int, alpha: float, beta: float, k: float) ->
     batch of 32 after the ImageNet preset's conv1), and allocations that large come back from
     the kernel as fresh pages every time. One thread of a 2-core AMD EPYC (Zen 5): the ImageNet
     preset's forward at batch 32 took 317 ms with the whole batch at once, 228 ms sliced
-    (batch 16: 131 and 123 ms). `python -m benchmarks.lrn` times LRN alone both ways.
+    (batch 16: 131 and 123 ms). `python -m benchmarks.experiments.lrn` times LRN alone both ways.
     """
     acc_dtype = torch.promote_types(x.dtype, torch.float32)
     per_image = math.prod(x.shape[1:]) * acc_dtype.itemsize  # also for an empty batch
@@ -166,7 +166,7 @@ class LocalResponseNorm(nn.Module):
     Same function as torch.nn.LocalResponseNorm(n, alpha * n, beta, k) (window of n channels,
     n // 2 before and (n - 1) // 2 after), computed as n - 1 shifted adds with a hand-written
     backward: on CPU 4-10x faster forward and 7-9x faster forward + backward than torch's
-    3-D average pool, in either memory format (timings: `python -m benchmarks.lrn`). The
+    3-D average pool, in either memory format (timings: `python -m benchmarks.experiments.lrn`). The
     window sum is taken in float32 even under bf16 autocast.
     """
 

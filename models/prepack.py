@@ -1,35 +1,35 @@
 """Fully connected layers packed once into oneDNN's weight layout, for float32 CPU inference.
 
 `nn.Linear` on the CPU calls the BLAS sgemm of the torch build (MKL in the x86 wheels) on
-every forward. On the AMD EPYC (family 26, AVX-512) of some of this project's runs that is
-slow at the small batches a server runs: under load at c=16 (two lanes, batches of ~8),
-`Linear.forward` had 31% of the inference threads' samples
-(benchmarks/results/profile-full-classify-c16-l2.txt). oneDNN's kernels, which torch also
-ships, given the weight reordered once into their blocked layout, run the same layers in under
-half the time: the whole forward went from 66 to 53 ms at batch 8 and from 239 to 214 ms at
-batch 32 (benchmarks/results/prepack-cpu-1thread.json; `python -m benchmarks.prepack` measures
-it on the machine at hand, Intel CPUs included, where MKL may do better). The small layers of
-the shipped VAEs lose 10-30 microseconds per call at batch 1; vae-mnist gains 1.3-1.7x from
-batch 8 on, vae-frey only at batch 32 (1.1-1.4x). (torch.compile packs weights only with
-freezing on, and float32 ones for MKL, so the service does not pack under compile.)
+every forward; oneDNN's kernels, which torch also ships, run the same layer on a weight
+reordered once into their blocked layout. Which is faster depends on the CPU, the layer and
+the batch size:
 
-Which kernel wins depends on the CPU, the layer and the batch. On an Intel Xeon with AVX-512 and
-AMX (family 6 model 167, one thread) MKL is faster at batch 1 for every layer (the full AlexNet's
-fc6: 8.1 against 10.2 ms) and for small layers at any batch (the VAEs' 500->20: 6-16 against
-20-29 microseconds), while oneDNN is faster from batch 4 for the large layers (fc6 at batch 8:
-13.1 against 25.0 ms). So `prepack_linear(model, rows=...)` times each layer both ways at the
-batch sizes the caller will run (`packing_threshold`) and packs it only where oneDNN wins: a
-layer where it never wins stays an `nn.Linear`; one where it wins from some batch size up
-keeps its dense weight for the smaller batches (`dense_below`), at the cost of holding that
-layer's weights twice. Without `rows` every layer is packed, dense weight dropped.
+* On an AMD EPYC (family 26, AVX-512), sgemm is slow at the small batches a server runs:
+  `Linear.forward` takes 31% of the inference threads' samples under load at c=16
+  (benchmarks/results/profile-full-classify-c16-l2.txt), and with every layer packed the
+  224x224 AlexNet's forward runs 53 ms instead of 66 at batch 8 and 214 instead of 239 at
+  batch 32 (benchmarks/results/prepack-cpu-1thread.json).
+* On an Intel Xeon with AVX-512 and AMX (family 6 model 167, one thread), MKL is faster at
+  batch 1 for every layer (fc6: 8.1 against 10.2 ms) and for small layers at any batch (the
+  VAEs' 500->20: 6-16 against 20-29 microseconds), while oneDNN is faster from batch 4 for the
+  large layers (fc6 at batch 8: 13.1 against 25.0 ms;
+  benchmarks/results/prepack-cpu-1thread-xeon.json).
+
+`python -m benchmarks.experiments.prepack` measures it on the machine at hand. So
+`prepack_linear(model, rows=...)` times each layer both ways at the batch sizes the caller will
+run (`packing_threshold`) and packs it only where oneDNN wins: a layer where it never wins
+stays an `nn.Linear`; one where it wins from some batch size up keeps its dense weight for the
+smaller batches (`dense_below`), at the cost of holding that layer's weights twice. Without
+`rows` every layer is packed, dense weight dropped. (torch.compile packs weights only with
+freezing on, and float32 ones for MKL, so the service does not pack under compile.)
 
 The packed layer is inference only: unless it keeps a dense weight for small batches, it keeps
 the bias and the packed weight, not the dense weight (the full AlexNet would hold its 234 MB of
-fc weights twice). It has no state_dict to
-save, cannot be copied, moved or converted (each raises, naming the fix: do it before
-packing), and raises when its input needs a gradient while autograd records. Results are
-float32 and agree with `nn.Linear` to rounding (the sums run in another order): within 4.3e-6
-on the outputs of the models in the file above.
+fc weights twice). It has no state_dict to save, cannot be copied, moved or converted (each
+raises, naming the fix: do it before packing), and raises when its input needs a gradient
+while autograd records. Results are float32 and agree with `nn.Linear` to rounding (the sums
+run in another order): within 4.3e-6 on the shipped models' outputs.
 """
 
 from __future__ import annotations

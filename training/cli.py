@@ -230,7 +230,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"packed {n} images into {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)")
         return 0
     if args.command == "figure2":
-        figure2.run(args)
+        figure2.run(args, train=main)  # each latent size trains through the `vae` command
         print(f"wrote {args.out / 'vae-figure2.md'}")
         return 0
     if args.command in ("eval-vae", "eval-alexnet"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         "Model as in the paper: one hidden layer of 500 tanh units in encoder and decoder, Bernoulli",
         "decoder, one sample per datapoint, minibatch 100, dynamic binarisation of the training",
         "images; the test set is binarised once (seed 0). Our optimiser is Adam with no prior on",
-        "the weights (the paper used Adagrad and an N(0, I) prior; see the README's deviations).",
+        "the weights (the paper used Adagrad and an N(0, I) prior; see docs/training.md's deviations).",
         "The paper's values are **approximate, read off the plot** of Figure 2 at 10^8 training",
         "samples; ours are at the budget shown (the samples column), so a row well short of that",
         "is an early figure beside a converged one, not a like-for-like comparison.",
@@ -135,10 +136,9 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Train the requested latent sizes (resuming), then write the table; returns its rows."""
-    from training.cli import main  # the same `vae` command a user runs
-
+def run(args: argparse.Namespace, train: Callable[[Sequence[str]], int]) -> list[dict[str, Any]]:
+    """Train the requested latent sizes (resuming) with `train`, the CLI's own entry point (the
+    same `vae` command a user runs), then write the table; returns its rows."""
     done = {r["latent"]: r.get("epochs", 0) for r in collect(args.runs_dir)}
     for nz in args.latents:
         if done.get(nz, 0) >= args.epochs:  # finished earlier: keep its card (and eval-vae figures)
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         argv += ["--run-dir", str(args.runs_dir / f"nz{nz}"), "--resume", "--device", args.device]
         if not args.progress:
             argv.append("--no-progress")
-        if main(argv) != 0:
+        if train(argv) != 0:
             raise RuntimeError(f"training Nz={nz} failed")
     rows = collect(args.runs_dir)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from app.batching import Batcher, BatchStats, DeadlineExceeded, Lanes, Overloaded, lane_share
+from app.batching import Batcher, BatchStats, DeadlineExceeded, Overloaded
+from app.lanes import Lanes, lane_share
 
 
 def recording(delay: float = 0.0, fail_on: int | None = None):

@@ -25,9 +25,9 @@ from app.settings import Settings
 from benchmarks import loadgen, ops
 from benchmarks.inprocess import measure
 from benchmarks.inputs import generated, latent_rows
+from benchmarks.machine import cpu_id, machine
 from benchmarks.report import check_targets, compute_bound_config, render_markdown
 from benchmarks.report import main as report_main
-from benchmarks.run import cpu_id, machine
 from tests.app.conftest import LATENT, make_alexnet, make_vae
 
 
@@ -222,49 +222,6 @@ def test_in_flight_bound_runs_batches_no_larger_than_what_is_in_flight(model_dir
     assert six["items_per_s"] == max(six["tried"].values()) > 0
     assert six["config"] in six["tried"] and six["in_flight"] == 6
     assert set(one["tried"]) == {"2 at batch 1", "1 at batch 1"}
-
-
-def test_busy_thread_holds_the_interpreter_for_its_share_of_each_period() -> None:
-    import threading
-    import time
-
-    from benchmarks.gil import busy_python
-
-    stop, spent = threading.Event(), [0.0, 0.0]
-    t = threading.Thread(target=busy_python, args=(stop, 0.01, 0.05, spent))
-    t0 = time.perf_counter()
-    t.start()
-    time.sleep(0.3)
-    stop.set()
-    t.join()
-    elapsed = time.perf_counter() - t0
-    # about a fifth of the time busy: at least one stretch, never more than the wall time
-    assert 0.01 <= spent[0] <= elapsed
-    assert spent[0] < 0.6 * elapsed, "it sleeps between its busy stretches"
-    assert spent[0] <= spent[1] <= elapsed, "its own lifetime, inside the wall time"
-
-
-def test_gil_script_reports_both_configurations_and_the_expectation(
-    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from benchmarks.gil import main as gil_main
-
-    before = torch.get_num_threads()
-    out = tmp_path / "gil.json"
-    try:
-        gil_main([str(model_dir / "alexnet-cifar10"), "--batch", "2", "--duration", "0.2",
-                  "--rounds", "1", "--busy-ms", "5", "--period-ms", "20",
-                  "--data-dir", str(tmp_path / "none"), "--out", str(out)])  # fmt: skip
-    finally:
-        torch.set_num_threads(before)
-    report = json.loads(out.read_text())
-    assert [len(v) for v in report["runs"].values()] == [1, 1]
-    assert report["alone_items_per_s"] > 0 and report["beside_items_per_s"] > 0
-    cores = report["cores"]
-    assert report["expected_items_per_s"] == pytest.approx(
-        report["alone_items_per_s"] * (1 - report["busy_cores"] / cores)
-    )
-    assert "| beside a busy thread" in capsys.readouterr().out
 
 
 def test_timed_loop_idles_outside_the_timed_calls() -> None:
@@ -513,7 +470,7 @@ def test_machine_names_the_cpu_generation(tmp_path: Path) -> None:
 
 
 def test_rounds_keep_each_points_median_round_whole() -> None:
-    from benchmarks.run import median_of_rounds
+    from benchmarks.rounds import median_of_rounds
 
     rounds = [
         [_point("ours", "classify", "m", 16, 150, 100, 150), _point("lit", "classify", "m", 16, 90, 9, 9)],
@@ -532,7 +489,7 @@ def test_rounds_keep_each_points_median_round_whole() -> None:
 
 
 def test_ceiling_takes_each_figures_median_over_rounds() -> None:
-    from benchmarks.run import median_ceilings
+    from benchmarks.rounds import median_ceilings
 
     def c(endpoint: str, rate: float, single: float, threads: int) -> dict[str, Any]:
         return {"endpoint": endpoint, "items_per_s": rate, "single_p50_ms": single,
@@ -557,7 +514,7 @@ def test_ceiling_takes_each_figures_median_over_rounds() -> None:
 
 
 def test_in_flight_bounds_take_their_median_round_per_concurrency() -> None:
-    from benchmarks.run import median_ceilings
+    from benchmarks.rounds import median_ceilings
 
     def c(rate: float, bounds: list[tuple[int, float, str]]) -> dict[str, Any]:
         return {"endpoint": "classify", "items_per_s": rate, "single_p50_ms": 1.0,
@@ -656,58 +613,6 @@ def test_report_sets_each_point_beside_the_bound_at_its_concurrency() -> None:
     assert "100% of the in-process 64.0 img/s with 16 in flight (2x1 at batch 8)" in c16["value"]
     c64 = found[f"classify {full} c=64: >= 85% of the in-process ceiling"]
     assert c64["met"] is True and "in flight" not in c64["value"]
-
-
-def test_profile_summary_counts_self_and_inclusive_samples() -> None:
-    from benchmarks.profile import summarise
-
-    raw = (
-        "main (x/site-packages/uvicorn/main.py:5);forward (/r/models/vae.py:10) 30\n"
-        "main (x/site-packages/uvicorn/main.py:5);encode (/r/app/predictors.py:3) 10\n"
-        "main (x/site-packages/uvicorn/main.py:7) 10\n"
-    )
-    total, self_top, inclusive = summarise(raw)
-    assert total == 50
-    assert self_top[0] == ("forward (/r/models/vae.py)", 30)
-    # Lines of one function are merged; a function counts once per stack even if it recurs.
-    assert dict(self_top)["main (uvicorn/main.py)"] == 10
-    assert dict(inclusive)["main (uvicorn/main.py)"] == 50
-
-
-def test_profile_splits_inference_threads_from_the_rest_and_reads_the_batches() -> None:
-    from benchmarks.profile import batch_counters, batch_summary, format_profile, split_threads
-
-    raw = (
-        "_bootstrap (threading.py:1);Batcher._work (/r/app/batching.py:9);forward (/r/m.py:2) 300\n"
-        "Runner.run (asyncio/runners.py:118);classify (/r/app/routes/classify.py:5) 100\n"
-    )
-    assert split_threads(raw) == (300, 100)
-    report = format_profile("t", raw, rate=100, seconds=2, requests_per_s=50, header=["cmd"])
-    # 100 samples at 100 Hz over 2 s: half a thread busy outside the batches, 10 ms per request
-    assert report.startswith("# t\ncmd\n")
-    assert (
-        "busy threads on average: inference 1.50; the rest (event loop, thread pool) 0.50, "
-        "10.000 ms per request"
-    ) in report
-    assert "busy threads on average" not in format_profile("t", raw)  # no rate: no split
-
-    def page(batches: int, items: int, seconds: float) -> str:
-        return (
-            "# TYPE modelserve_batch_size histogram\n"
-            f'modelserve_batch_size_sum{{model="m",op="classify"}} {items}\n'
-            f'modelserve_batch_size_count{{model="m",op="classify"}} {batches}\n'
-            "# TYPE modelserve_inference_duration_seconds histogram\n"
-            f'modelserve_inference_duration_seconds_sum{{model="m",op="classify"}} {seconds}\n'
-            f'modelserve_inference_duration_seconds_count{{model="m",op="classify"}} {batches}\n'
-        )
-
-    before, after = batch_counters(page(2, 10, 1.0)), batch_counters(page(12, 90, 31.0))
-    summary = batch_summary(before, after, wall_s=20.0)
-    assert summary == (
-        "10 batches in 20.0 s, mean size 8.00, mean time 3000.0 ms; "
-        "inference threads busy 1.50 (batch seconds per second)"
-    )
-    assert batch_summary(before, before, 1.0) == "no batches ran"
 
 
 def test_prebuilt_requests_carry_the_encoded_body_and_can_be_sent_again() -> None:

@@ -35,7 +35,7 @@ def _exported_metrics() -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/api.md"])
+@pytest.mark.parametrize("page", ["docs/api.md"])
 def test_the_metrics_tables_list_every_exported_metric_with_its_type(page: str) -> None:
     documented: dict[str, str] = {}
     for row in re.findall(r"^\| (`modelserve_.*?) \| (\w+)", (ROOT / page).read_text(), re.M):
@@ -76,6 +76,29 @@ def test_curl_examples_hit_real_routes(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted(set(re.findall(r"@(examples/[\w.]+)", README))))
 def test_example_files_exist(path: str) -> None:
     assert (ROOT / path).is_file()
+
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_relative_links_point_at_files_that_exist(page: Path) -> None:
+    """Every relative link of the README and the docs pages (images included) resolves."""
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text())
+    relative = [link for link in links if not re.match(r"[a-z]+:", link)]
+    missing = [link for link in relative if not (page.parent / link).exists()]
+    assert missing == []
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_python_m_commands_name_modules_that_exist(page: Path) -> None:
+    """`python -m X` in the README and the docs names a module of this repository (or a tool
+    installed with it), so every command a page gives can run."""
+    modules = set(re.findall(r"python3? -m ([\w.]+)", page.read_text()))
+    tools = {"pip", "pytest", "uvicorn", "venv"}
+    for module in modules - tools:
+        path = ROOT / module.replace(".", "/")
+        assert path.with_suffix(".py").is_file() or (path / "__main__.py").is_file(), module
 
 
 def test_reliability_page_names_tests_that_exist() -> None:

@@ -22,6 +22,7 @@ from app.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = ("alexnet-cifar10", "vae-frey", "vae-mnist")
 README = (REPO / "README.md").read_text()
+TRAINING_DOC = (REPO / "docs" / "training.md").read_text()
 
 
 def card(name: str) -> dict:
@@ -119,4 +120,6 @@ def test_the_readme_quotes_the_shipped_cards(name: str, quoted: dict[str, str]) 
         assert template.format(c["metrics"][key]) in row, (name, key, c["metrics"][key])
     assert f"{c['num_parameters']:,} weights" in row
     epochs = c["training"]["epochs"]
-    assert re.search(rf"--epochs {epochs}\b", row), f"{name}: README command is not the card's"
+    command = [line for line in TRAINING_DOC.splitlines() if line.startswith(f"- `{name}`: ")]
+    assert len(command) == 1, f"docs/training.md has no single reproduce command for {name}"
+    assert re.search(rf"--epochs {epochs}\b", command[0]), f"{name}: the command is not the card's"

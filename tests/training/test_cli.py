@@ -57,7 +57,7 @@ def test_vae_mnist_one_epoch_writes_metrics_and_a_loadable_checkpoint(
 def test_the_papers_vae_recipe_flags_reach_the_card_and_the_export_dir(
     tiny_mnist: Path, tmp_path: Path
 ) -> None:
-    """The README's deviations list names these flags as the way back to the paper's recipe."""
+    """docs/training.md's deviations list names these flags as the way back to the paper's recipe."""
     run, export = tmp_path / "run", tmp_path / "models" / "mine"
     argv = ["vae", "--data-dir", str(tiny_mnist), "--run-dir", str(run), "--export", str(export)]
     flags = ["--optimizer", "adagrad", "--lr", "0.02", "--weight-decay", "1e-4", "--init", "paper"]

@@ -6,7 +6,7 @@ sizes, in NCHW and channels-last, on this machine's CPU (or CUDA with --device c
 inference forward runs the batch a slice at a time on a CPU; "whole" is the same forward on the
 whole batch at once, for what slicing saves. Prints a table and writes JSON.
 
-    python -m benchmarks.lrn --threads 1 --out benchmarks/results/lrn.json
+    python -m benchmarks.experiments.lrn --threads 1 --out benchmarks/results/lrn.json
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
               f"| {t['forward_ms'] / o['forward_ms']:.1f}x "
               f"| {t['train_ms']:.1f} | {o['train_ms']:.1f} | {t['train_ms'] / o['train_ms']:.1f}x |")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from benchmarks.run import cpu_id
+    from benchmarks.machine import cpu_id
     from models.hardware import cpu_model_name
 
     report = {"threads": torch.get_num_threads(), "device": str(device), "torch": torch.__version__,

@@ -1,4 +1,4 @@
-"""benchmarks.cpu: CPU seconds of a process tree from /proc, worker processes included."""
+"""benchmarks.experiments.cpu: CPU seconds of a process tree from /proc, worker processes included."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from benchmarks.cpu import cpu_seconds, process_tree
+from benchmarks.experiments.cpu import cpu_seconds, process_tree
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
 

@@ -14,8 +14,8 @@ server's /metrics before and after the load for the batches it ran: how many, th
 and time, and how busy the inference threads were (the sum of batch seconds over wall time;
 2.0 is two lanes never idle).
 
-    python -m benchmarks.profile --group vae --endpoint decode --concurrency 1 --duration 10
-    python -m benchmarks.profile --group full --endpoint classify --concurrency 16 --lanes 2 \
+    python -m benchmarks.experiments.profile --group vae --endpoint decode --concurrency 1 --duration 10
+    python -m benchmarks.experiments.profile --group full --endpoint classify --concurrency 16 --lanes 2 \
         --duration 20 --rate 100 --top 60
 """
 
@@ -38,9 +38,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import loadgen
 from benchmarks.inputs import DEFAULT_DATA_DIR, grey_corpus, latent_rows, rgb_corpus
+from benchmarks.machine import machine
 from benchmarks.make_checkpoints import prepare
 from benchmarks.report import cpu_detail
-from benchmarks.run import GROUP_ENDPOINTS, REPO, machine, serve_ours
+from benchmarks.run import GROUP_ENDPOINTS
+from benchmarks.servers import REPO, serve_ours
 from models.checkpoint import read_card
 
 # A sample whose stack holds this frame was taken on an inference thread, running a batch.
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
             requests_per_s=points[0].requests_per_s,
             batches=batch_summary(before, after, t1 - t0),
             header=[
-                f"command: python -m benchmarks.profile {shlex.join(argv or sys.argv[1:])}",
+                f"command: python -m benchmarks.experiments.profile {shlex.join(argv or sys.argv[1:])}",
                 f"machine: {m['cpu']}{cpu_detail(m)}, {m['cores']} cores; torch {m['torch']}; "
                 f"commit {m['commit']}",
             ],

@@ -9,7 +9,7 @@ outputs. The default models are the shipped ones and, when `python -m
 benchmarks.make_checkpoints` has written it, the full-size AlexNet. Prints a table and writes
 JSON.
 
-    python -m benchmarks.prepack --threads 1 --out benchmarks/results/prepack-cpu-1thread.json
+    python -m benchmarks.experiments.prepack --threads 1 --out benchmarks/results/prepack-cpu-1thread.json
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks import ops
-from benchmarks.lrn import _time_ms
+from benchmarks.experiments.lrn import _time_ms
 from models.checkpoint import CARD_FILE, ModelCard
 from models.prepack import packing_summary, prepack_linear, serving_rows
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"| {ms['auto']:.2f} | {ms['dense'] / ms['packed']:.2f}x "
                       f"| {ms['dense'] / ms['auto']:.2f}x | {diff:.1e} |", flush=True)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from benchmarks.run import machine
+    from benchmarks.machine import machine
 
     report = {"threads": torch.get_num_threads(), "machine": machine(), "rows": rows}
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -12,7 +12,7 @@ it stops, and divided by the requests answered inside its window: the requests s
 at the end (at most the concurrency) make the figure per request a little high, about 2% for
 64 clients over 15 s of the full AlexNet. Errors are counted and printed.
 
-    python -m benchmarks.cpu --group full --endpoint classify --concurrency 64 --configs l2 w2 \
+    python -m benchmarks.experiments.cpu --group full --endpoint classify --concurrency 64 --configs l2 w2 \
         --rounds 2 --out benchmarks/results/cpu-full-classify-c64.json
 """
 
@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import loadgen
-from benchmarks.profile import add_target_arguments, target
-from benchmarks.run import machine, serve_ours
+from benchmarks.experiments.profile import add_target_arguments, target
+from benchmarks.machine import machine
+from benchmarks.servers import serve_ours
 
 CONFIG = re.compile(r"^(?P<kind>[lw])(?P<n>[1-9][0-9]*)$")
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)  # fmt: skip
     if args.out:
         report = {
-            "command": f"python -m benchmarks.cpu {shlex.join(argv or sys.argv[1:])}",
+            "command": f"python -m benchmarks.experiments.cpu {shlex.join(argv or sys.argv[1:])}",
             "endpoint": args.endpoint,
             "group": args.group,
             "concurrency": args.concurrency,

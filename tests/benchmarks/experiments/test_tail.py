@@ -1,4 +1,4 @@
-"""benchmarks.tail: the slowest requests of a trace, split by phase."""
+"""benchmarks.experiments.tail: the slowest requests of a trace, split by phase."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import tail
+from benchmarks.experiments import tail
 
 
 def record(latency: float, queue: float, infer: float, error: str | None = None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ the requests around the median, so a p99 reads as "waited in the queue" (batchin
 loopback, the event loop before the request reached the app); then the slowest requests one by
 one. `serving` is app time outside the named phases; `outside` is latency minus app.
 
-    python -m benchmarks.tail trace.jsonl --share 0.01 --show 10
+    python -m benchmarks.experiments.tail trace.jsonl --share 0.01 --show 10
 """
 
 from __future__ import annotations
