@@ -17,7 +17,7 @@ from pathlib import Path
 from models.checkpoint import CheckpointError
 from training import alexnet, figure2, vae
 from training.data import DataError
-from training.loop import LoopOptions, fit, setup_distributed
+from training.loop import AMP_MODES, LoopOptions, fit, setup_distributed
 from training.pack import PackError, write_pack
 
 
@@ -98,18 +98,20 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--device",
         default="auto",
-        help="auto (cuda if available, else cpu), cpu, cuda, cuda:N; bf16 autocast and channels-last on CUDA only (default: %(default)s)",
+        help="auto (cuda if available, else cpu), cpu, cuda, cuda:N; channels-last on CUDA only (default: %(default)s)",
     )
     g.add_argument(
         "--compile", action="store_true", help="torch.compile the model (slow start, faster steps)"
     )
     g.add_argument(
-        "--no-amp",
-        dest="amp",
-        action="store_false",
-        help="train in full fp32 on a GPU too (default: bf16 autocast on CUDA, as the card "
-        "records; the CPU always trains in fp32)",
+        "--amp",
+        choices=AMP_MODES,
+        default="auto",
+        help="bf16 autocast: auto (on CUDA and on CPUs with AMX-BF16 or AVX512-BF16, where bf16 "
+        "is native; fp32 elsewhere), bf16 (always; emulated, so slow, on other CPUs), off (fp32); "
+        "the card records the precision used (default: %(default)s)",
     )
+    g.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="--amp off")
 
 
 def _add_eval_arguments(p: argparse.ArgumentParser, data: str) -> None:
