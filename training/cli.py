@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one file with a JSON index; train from it with `alexnet --packed FILE`.",
     )
     p.add_argument("src", type=Path, help="ImageFolder root: one folder of images per class")
-    p.add_argument("out", type=Path, help="the pack file to write")
+    p.add_argument("out", type=Path, help="the pack file to write; *.xz: xz-compressed")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p = sub.add_parser(
         "figure2",
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _loop_options(args: argparse.Namespace) -> LoopOptions:
+def loop_options(args: argparse.Namespace) -> LoopOptions:
     return LoopOptions(
         run_dir=args.run_dir,
         epochs=args.epochs,
@@ -246,7 +246,7 @@ def _run(args: argparse.Namespace) -> int:
         device, info = setup_distributed(args.device)
         module = vae if args.command == "vae" else alexnet
         task = module.build_task(args, device, info.world_size, info.rank)
-        card = fit(task, _loop_options(args), device, info)
+        card = fit(task, loop_options(args), device, info)
         if card is not None:
             print(f"metrics: {card.metrics}", file=sys.stderr)
         return 0
