@@ -74,6 +74,8 @@ def time_steps(
 
     The device is synchronised only at block ends, so host and device overlap as in training.
     """
+    if len(task.train_batches) == 0:
+        raise ValueError("no full training batch to time: fewer examples than the batch size")
     rng_cpu = torch.get_rng_state()
     rng_cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     model = place_model(copy.deepcopy(task.model), device)
