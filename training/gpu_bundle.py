@@ -122,9 +122,12 @@ def pack_results(
     root: Path, members: list[Path], out: Path, part_bytes: int = PART_BYTES
 ) -> list[Path]:
     """Tar `members` (paths under `root`) into `out`, split into parts of at most `part_bytes`
-    (gpu-run.tar.000, .001, ...), and write SHA256SUMS for the parts and the whole tar."""
+    (gpu-run.tar.000, .001, ...), and write SHA256SUMS for the parts and the whole tar.
+
+    The whole tar is written beside the members, not in `out`: a run stopped while splitting
+    leaves no file there too large to come back."""
     out.mkdir(parents=True, exist_ok=True)
-    whole = out / RESULT_TAR
+    whole = root / RESULT_TAR
     with tarfile.open(whole, "w") as tar:
         for m in members:
             tar.add(m, arcname=str(m.relative_to(root)))

@@ -65,7 +65,7 @@ RECIPES = {
         *("--schedule", "cosine", "--amp", "off"),
     ],
 }
-MAX_EPOCHS = {"alexnet": 100, "vae": 3000}
+MAX_EPOCHS = {"alexnet": 150, "vae": 3000}
 # A dry run: batches that tiny data fills, and one epoch
 DRY_RUN = {"alexnet": ["--val-size", "6", "--batch-size", "8"], "vae": ["--batch-size", "10"]}
 # Importance samples and batching of the final log p(x): (k, images per batch, samples per pass)

@@ -39,6 +39,9 @@ class StepTimes:
     """Seconds per training step, one entry per timed block, and what one evaluation took."""
 
     block_step_s: list[float]
+    # this process's CPU seconds (all its threads) per step, per block: on a shared machine,
+    # where wall time also counts the waits for a core, what the steps themselves cost
+    block_cpu_s: list[float]
     warmup_s: float  # the untimed first steps: allocation, autotuning, compilation
     evaluate_s: float  # 0 where not measured
     precision: str
@@ -87,17 +90,18 @@ def time_steps(
     clip = opts.clip_grad
     model.train()
 
-    def run(n: int) -> float:
+    def run(n: int) -> tuple[float, float]:
         synchronize(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             batch = next(batches)
             train_step(stepped, batch, task.step_fn, optimizer, scheduler, device, amp, clip)
         synchronize(device)
-        return time.perf_counter() - t0
+        return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
 
-    warmup_s = run(warmup)
-    block_step_s = [run(block_steps) / block_steps for _ in range(blocks)]
+    warmup_s = run(warmup)[0] * warmup
+    timed = [run(block_steps) for _ in range(blocks)]
+    block_step_s, block_cpu_s = [wall for wall, _ in timed], [cpu for _, cpu in timed]
     evaluate_s = 0.0
     if evaluate:
         model.eval()
@@ -110,4 +114,4 @@ def time_steps(
     if rng_cuda is not None:
         torch.cuda.set_rng_state(rng_cuda, device)
     task.train_batches.set_epoch(0)
-    return StepTimes(block_step_s, warmup_s, evaluate_s, precision(amp))
+    return StepTimes(block_step_s, block_cpu_s, warmup_s, evaluate_s, precision(amp))
