@@ -226,7 +226,8 @@ def _spawn(
     cmd += ["--mnist", str(paths["mnist"]), "--device", device, "--deadline", str(deadline)]
     cmd += ["--barrier", str(ns.work / "barrier"), "--peers", *ns.models]
     cmd += ["--max-epochs", str(1 if ns.dry_run else getattr(ns, f"max_epochs_{name}"))]
-    cmd += ["--budget-s", str(ns.budget_s), "--extra", getattr(ns, f"{name}_args")]
+    # '=': flags in the value ("--hidden 200") must not read as the child's own options
+    cmd += ["--budget-s", str(ns.budget_s), f"--extra={getattr(ns, f'{name}_args')}"]
     cmd += ["--dry-run"] if ns.dry_run else []
     repo = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -420,8 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             f"--{name}-args",
             default="",
-            help=f"more flags of `python -m training {name}`, one string; after the recipe's "
-            f"({' '.join(RECIPES[name])}), so they override it",
+            help=f"more flags of `python -m training {name}`, one string given with '=' "
+            f"(--{name}-args='--epochs 5'); after the recipe's ({' '.join(RECIPES[name])}), so "
+            "they override it",
         )
     p = sub.add_parser(
         "join",

@@ -43,7 +43,7 @@ def test_the_dry_run_trains_both_models_and_returns_checksummed_parts(
     bundle, out, work = tmp_path / "bundle", tmp_path / "out", tmp_path / "work"
     assert main(["prepare", "--data-dir", str(datasets), "--out", str(bundle)]) == 0
     argv = ["run", "--data", str(bundle), "--out", str(out), "--work", str(work), "--dry-run"]
-    assert main([*argv, "--part-mib", "8", "--budget-s", "300"]) == 0
+    assert main([*argv, "--part-mib", "8", "--budget-s", "300", "--vae-args=--latent 4"]) == 0
 
     returned = sorted(p.name for p in out.iterdir())
     assert len(returned) <= 8  # what the device machine gives back
@@ -61,6 +61,7 @@ def test_the_dry_run_trains_both_models_and_returns_checksummed_parts(
     assert "--amp bf16" in card.training["command"]
     vae, card = load_checkpoint(back / "vae" / "export")
     assert isinstance(vae, VAE) and (vae.config.depth, vae.config.hidden) == (2, 500)
+    assert vae.config.latent == 4  # --vae-args after the recipe's --latent 50
     assert card.name == "vae-mnist" and card.training["precision"] == "fp32"
     assert card.metrics["test_log_px"] < 0 and card.training["log_px_evaluation"]["k"] == 10
     assert summary["models"]["vae"]["metrics"]["test_log_px"] == card.metrics["test_log_px"]
