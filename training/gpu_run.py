@@ -51,7 +51,7 @@ from training.gpu_bundle import (
     prepare_inputs,
     unpack_inputs,
 )
-from training.loop import fit, setup_distributed
+from training.loop import fit, save_state, setup_distributed
 from training.timing import StepTimes, synchronize, time_steps
 
 MODELS = ("alexnet", "vae")
@@ -72,6 +72,7 @@ DRY_RUN = {"alexnet": ["--val-size", "6", "--batch-size", "8"], "vae": ["--batch
 VAE_EVAL = {"gpu": (5000, 100, 1000), "dry": (10, 10, 10)}
 EPOCH_SAFETY = 0.9  # the share of the time left that the planned epochs may fill
 FIXED_RESERVE_S = 15.0  # figures, export and the final card per model
+EPOCH_BOOKKEEPING_S = 0.01  # an epoch's metrics line, log line and schedule bookkeeping
 PACKAGING_S = 20.0  # tar, split and checksums at the end
 KILL_GRACE_S = 30.0  # past the deadline before a process still running is stopped
 BARRIER_TIMEOUT_S = 300.0
@@ -117,12 +118,17 @@ def _final_eval_s(
 
 
 def _save_s(model: torch.nn.Module, run_dir: Path) -> float:
-    """Seconds the per-epoch resumable state takes to write (weights and optimiser moments)."""
-    probe = run_dir / "probe.pt"
-    t0 = time.perf_counter()
-    torch.save(model.state_dict(), probe)
+    """Seconds the per-epoch resumable state takes to write: weights and two optimiser moments
+    per weight (Adam's; SGD's one is less), the slower of two writes, as `fit` writes it."""
+    weights = model.state_dict()
+    moments = {k: (v.clone(), v.clone()) for k, v in weights.items()}  # own storage: full size
+    probe, times = run_dir / "probe.pt", []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        save_state(probe, {"model": weights, "optimizer": moments})
+        times.append(time.perf_counter() - t0)
     probe.unlink()
-    return 3 * (time.perf_counter() - t0)
+    return max(times) + EPOCH_BOOKKEEPING_S
 
 
 def train_one(ns: argparse.Namespace) -> int:
