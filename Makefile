@@ -59,3 +59,11 @@ figures:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# What `python -m training.gpu_run run` needs on an offline GPU machine (docs/training.md): the
+# data bundle (CIFAR-10 pack, xz; MNIST idx, gzip) in data/gpu and the wheels it lacks in .whl.
+DATA_DIR ?= ../shared/datasets
+.PHONY: gpu-bundle
+gpu-bundle: $(STAMP)
+	$(BIN)/python -m training.gpu_run prepare --data-dir $(DATA_DIR) --out data/gpu --wheels .whl
+	du -sh data/gpu .whl

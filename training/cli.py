@@ -17,7 +17,7 @@ from pathlib import Path
 from models.checkpoint import CheckpointError
 from training import alexnet, figure2, vae
 from training.data import DataError
-from training.loop import LoopOptions, fit, setup_distributed
+from training.loop import AMP_MODES, LoopOptions, fit, setup_distributed
 from training.pack import PackError, write_pack
 
 
@@ -98,18 +98,20 @@ def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--device",
         default="auto",
-        help="auto (cuda if available, else cpu), cpu, cuda, cuda:N; bf16 autocast and channels-last on CUDA only (default: %(default)s)",
+        help="auto (cuda if available, else cpu), cpu, cuda, cuda:N; channels-last on CUDA only (default: %(default)s)",
     )
     g.add_argument(
         "--compile", action="store_true", help="torch.compile the model (slow start, faster steps)"
     )
     g.add_argument(
-        "--no-amp",
-        dest="amp",
-        action="store_false",
-        help="train in full fp32 on a GPU too (default: bf16 autocast on CUDA, as the card "
-        "records; the CPU always trains in fp32)",
+        "--amp",
+        choices=AMP_MODES,
+        default="auto",
+        help="bf16 autocast: auto (on CUDA and on CPUs with AMX-BF16 or AVX512-BF16, where bf16 "
+        "is native; fp32 elsewhere), bf16 (always; emulated, so slow, on other CPUs), off (fp32); "
+        "the card records the precision used (default: %(default)s)",
     )
+    g.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="--amp off")
 
 
 def _add_eval_arguments(p: argparse.ArgumentParser, data: str) -> None:
@@ -180,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one file with a JSON index; train from it with `alexnet --packed FILE`.",
     )
     p.add_argument("src", type=Path, help="ImageFolder root: one folder of images per class")
-    p.add_argument("out", type=Path, help="the pack file to write")
+    p.add_argument("out", type=Path, help="the pack file to write; *.xz: xz-compressed")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p = sub.add_parser(
         "figure2",
@@ -192,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _loop_options(args: argparse.Namespace) -> LoopOptions:
+def loop_options(args: argparse.Namespace) -> LoopOptions:
     return LoopOptions(
         run_dir=args.run_dir,
         epochs=args.epochs,
@@ -244,7 +246,7 @@ def _run(args: argparse.Namespace) -> int:
         device, info = setup_distributed(args.device)
         module = vae if args.command == "vae" else alexnet
         task = module.build_task(args, device, info.world_size, info.rank)
-        card = fit(task, _loop_options(args), device, info)
+        card = fit(task, loop_options(args), device, info)
         if card is not None:
             print(f"metrics: {card.metrics}", file=sys.stderr)
         return 0

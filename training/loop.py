@@ -30,13 +30,16 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models.checkpoint import CARD_FILE, ModelCard, save_checkpoint
-from models.hardware import cpu_model_name
+from models.hardware import bf16_native, cpu_model_name
 
 # Without a terminal (a log file, `docker compose logs`) an epoch logs a progress line this often.
 LOG_EVERY_S = 60.0
 
 # (model, batch) -> (mean loss over the batch, number of examples in it)
 StepFn = Callable[[nn.Module, Any], tuple[Tensor, int]]
+
+# --amp: bf16 autocast where the device computes bf16 natively (auto), always (bf16), never (off)
+AMP_MODES = ("auto", "bf16", "off")
 
 
 class Batches(Protocol):
@@ -84,7 +87,7 @@ class LoopOptions:
     clip_grad: float | None = None
     device: str = "auto"
     compile: bool = False
-    amp: bool = True  # bf16 autocast on CUDA
+    amp: str = "auto"  # one of AMP_MODES
     progress: bool = True
     resume: bool = False
     export: Path | None = None
@@ -138,11 +141,59 @@ def setup_distributed(device_name: str = "auto") -> tuple[torch.device, DistInfo
     return device, info
 
 
+def use_amp(mode: str, device: torch.device) -> bool:
+    """Whether `--amp mode` trains under bf16 autocast on `device`: auto where the device has
+    native bf16 arithmetic (CUDA; CPUs with AMX-BF16 or AVX512-BF16), where it is the faster
+    format; elsewhere bf16 is emulated and slower than fp32, so auto keeps fp32 there."""
+    if mode not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES}, got {mode!r}")
+    return mode == "bf16" or (mode == "auto" and bf16_native(device))
+
+
+def precision(enabled: bool) -> str:
+    """The card's name of the training number format."""
+    return "bf16 autocast" if enabled else "fp32"
+
+
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 on CPU."""
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast (no loss scaling needed, unlike fp16): matrix products and convolutions in
+    bf16, weights, gradients, optimiser state and reductions in fp32; a no-op when disabled."""
+    if enabled:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move `model` to `device`; channels-last on CUDA, where convolutions run faster in it."""
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def train_step(
+    model: nn.Module,
+    batch: Any,
+    step_fn: StepFn,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    amp: bool,
+    clip_grad: float | None = None,
+) -> tuple[Tensor, int]:
+    """One optimisation step: loss under autocast, backward, clip, update, schedule.
+
+    Returns the detached loss (on the device: reading it would wait for the step) and the
+    number of examples."""
+    with autocast(device, amp):
+        loss, n = step_fn(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    optimizer.step()
+    scheduler.step()
+    return loss.detach(), n
 
 
 def _trim_metrics(path: Path, keep_epochs: int) -> None:
@@ -221,21 +272,17 @@ def train(
     from tqdm import tqdm
 
     model.train()
+    amp = use_amp(opts.amp, device)
     # running sums stay on the device: no host sync per step, only when the bar refreshes
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # (loss * n, n)
     desc = f"epoch {epoch + 1}/{opts.epochs}"
     bar = tqdm(batches, desc=desc, disable=not show_progress)
     start = last_log = time.perf_counter()
     for i, batch in enumerate(bar):
-        with autocast(device, opts.amp):
-            loss, n = step_fn(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if opts.clip_grad:
-            nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
-        optimizer.step()
-        scheduler.step()
-        totals[0] += loss.detach().double() * n
+        loss, n = train_step(
+            model, batch, step_fn, optimizer, scheduler, device, amp, opts.clip_grad
+        )
+        totals[0] += loss.double() * n
         totals[1] += n
         if show_progress and i % 20 == 0:
             bar.set_postfix(loss=f"{(totals[0] / totals[1]).item():.4g}")
@@ -281,9 +328,7 @@ def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> 
     """
     show = opts.progress and info.is_main and sys.stderr.isatty()
     log_every_s = LOG_EVERY_S if opts.progress and info.is_main and not show else None
-    raw = task.model.to(device)
-    if device.type == "cuda":
-        raw = raw.to(memory_format=torch.channels_last)  # faster convolutions with bf16
+    raw = place_model(task.model, device)
     model: nn.Module = raw
     if info.world_size > 1:
         model = DistributedDataParallel(
@@ -333,7 +378,8 @@ def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> 
         "weight_decay": opts.weight_decay,
         "schedule": opts.schedule,
         "clip_grad": opts.clip_grad,
-        "bf16_autocast": device.type == "cuda" and opts.amp,
+        "amp": opts.amp,
+        "precision": precision(use_amp(opts.amp, device)),
         "compile": opts.compile,
         "seed": opts.seed,
         "machine": machine_info(device, info.world_size),

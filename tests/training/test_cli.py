@@ -157,7 +157,25 @@ def test_alexnet_momentum_and_paper_init_flags_reach_the_card(
     assert main([*argv, "--epochs", "1", *flags, *FAST_ALEX]) == 0
     _, card = load_checkpoint(export)
     assert card.training["momentum"] == 0.5 and card.config["init"] == "paper"
-    assert card.training["bf16_autocast"] is False
+    assert card.training["amp"] == "off" and card.training["precision"] == "fp32"
+
+
+@pytest.mark.parametrize(("flags", "precision"), [(["avx512_bf16"], "bf16 autocast"), ([], "fp32")])
+def test_the_card_records_the_precision_amp_auto_chose(
+    tiny_mnist: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    precision: str,
+) -> None:
+    """--amp auto (the default) trains in bf16 on a CPU with native bf16, else in fp32 (the
+    CPU's capability faked), and the card says which."""
+    monkeypatch.setattr("models.hardware.cpu_bf16_flags", lambda *a: flags)
+    run = tmp_path / "run"
+    argv = ["vae", "--data-dir", str(tiny_mnist), "--run-dir", str(run), "--epochs", "1"]
+    assert main([*argv, *FAST_VAE]) == 0
+    _, card = load_checkpoint(run / "export")
+    assert card.training["amp"] == "auto" and card.training["precision"] == precision
 
 
 def test_the_full_preset_refuses_a_pack_with_a_message(

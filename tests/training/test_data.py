@@ -10,7 +10,7 @@ import torch
 from tests.training.conftest import SHARED
 from training.cli import main
 from training.data import DataError, load_frey, load_mnist, load_small_images
-from training.pack import PackError, list_image_folder, read_pack
+from training.pack import PackError, list_image_folder, read_pack, write_pack
 
 needs_data = pytest.mark.skipif(
     not SHARED.is_dir(), reason=f"datasets not found at {SHARED} (see its README.md)"
@@ -33,6 +33,24 @@ def test_pack_round_trip_gives_the_same_images_labels_and_order(
     assert torch.equal(packed.images, folder.images)
     assert torch.equal(packed.labels, folder.labels)
     assert packed.classes == folder.classes
+
+
+def test_an_xz_pack_reads_back_the_same_bytes_and_a_subset_keeps_each_class_first(
+    tiny_imagefolder: Path, tmp_path: Path
+) -> None:
+    plain, packed = tmp_path / "tiny.pack", tmp_path / "tiny.pack.xz"
+    assert main(["pack-imagefolder", str(tiny_imagefolder), str(plain)]) == 0
+    assert main(["pack-imagefolder", str(tiny_imagefolder), str(packed)]) == 0
+    assert packed.read_bytes()[:6] == b"\xfd7zXZ\x00"  # compressed on disk ...
+    assert read_pack(packed) == read_pack(plain)  # ... the same pack once read
+    sub = tmp_path / "sub.pack.xz"
+    assert write_pack(tiny_imagefolder, sub, per_class=2) == 6
+    header, _ = read_pack(sub)
+    assert header["labels"] == [0, 0, 1, 1, 2, 2]
+    assert header["names"][:2] == ["bird/0000.jpg", "bird/0001.jpg"]
+    sub.write_bytes(sub.read_bytes()[:-20])
+    with pytest.raises(PackError, match="corrupt xz"):
+        read_pack(sub)
 
 
 def test_a_corrupt_pack_is_refused(tiny_imagefolder: Path, tmp_path: Path) -> None:

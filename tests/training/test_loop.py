@@ -1,4 +1,5 @@
-"""The shared loop: one step lowers the loss, batching shards and reshuffles reproducibly."""
+"""The shared loop: one step lowers the loss (in fp32 and under bf16 autocast), --amp auto picks
+bf16 only where the device has it, batching shards and reshuffles reproducibly."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from torch import Tensor, nn
 from models.alexnet import PRESETS, AlexNet
 from models.vae import VAE, VAEConfig
 from training.data import TensorBatches, split_indices
-from training.loop import LoopOptions, build_optimizer, build_scheduler, select_device, train
+from training.loop import (
+    LoopOptions,
+    build_optimizer,
+    build_scheduler,
+    select_device,
+    train,
+    use_amp,
+)
 
 
 def _one_step(model: nn.Module, batches: TensorBatches, step_fn, opts: LoopOptions) -> None:
@@ -57,6 +65,54 @@ def test_alexnet_small_step_lowers_cross_entropy(tmp_path: Path) -> None:
     opts = LoopOptions(run_dir=tmp_path, epochs=1, optimizer="sgd", lr=1e-3, schedule="constant")
     _one_step(model, batches, step, opts)
     assert eval_loss() < before
+
+
+def _alexnet_step_under(amp: str, tmp_path: Path) -> tuple[float, float, list[torch.dtype]]:
+    """One SGD step of alexnet-small on the CPU with `--amp amp`: (loss before, loss after, the
+    dtypes of the logits the step saw)."""
+    torch.manual_seed(0)
+    model = AlexNet(PRESETS["alexnet-small"])
+    x, y = torch.randn(16, 3, 28, 28), torch.randint(0, 10, (16,))
+    seen: list[torch.dtype] = []
+
+    def eval_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return F.cross_entropy(model(x), y).item()
+
+    def step(m: nn.Module, b: tuple[Tensor, ...]) -> tuple[Tensor, int]:
+        logits = m(b[0])
+        seen.append(logits.dtype)
+        return F.cross_entropy(logits, b[1]), len(b[1])
+
+    before = eval_loss()
+    opts = LoopOptions(
+        run_dir=tmp_path, epochs=1, optimizer="sgd", lr=1e-3, schedule="constant", amp=amp
+    )
+    _one_step(model, TensorBatches([x, y], batch_size=16), step, opts)
+    return before, eval_loss(), seen
+
+
+def test_a_bf16_autocast_step_on_the_cpu_lowers_cross_entropy(tmp_path: Path) -> None:
+    before, after, seen = _alexnet_step_under("bf16", tmp_path)
+    assert seen == [torch.bfloat16]  # the network ran in bf16 ...
+    assert after < before  # ... and the fp32 weights it updated fit the batch better
+
+
+def test_amp_auto_trains_in_bf16_only_on_a_cpu_with_native_bf16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The capability check is faked: this CPU's flags say nothing about another's."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("models.hardware.cpu_bf16_flags", lambda *a: [])
+    assert not use_amp("auto", cpu) and use_amp("bf16", cpu) and not use_amp("off", cpu)
+    before, after, seen = _alexnet_step_under("auto", tmp_path)
+    assert seen == [torch.float32] and after < before
+    monkeypatch.setattr("models.hardware.cpu_bf16_flags", lambda *a: ["avx512_bf16"])
+    assert use_amp("auto", cpu) and not use_amp("off", cpu)
+    assert _alexnet_step_under("auto", tmp_path)[2] == [torch.bfloat16]
+    with pytest.raises(ValueError, match="amp must be one of"):
+        use_amp("fp16", cpu)
 
 
 def test_tensor_batches_shard_disjointly_and_reshuffle_reproducibly() -> None:
@@ -115,7 +171,8 @@ def test_no_amp_trains_in_fp32_on_cuda_too() -> None:
     from training.loop import autocast
 
     cuda = torch.device("cuda")
+    assert not use_amp("off", cuda)
     assert isinstance(autocast(cuda, enabled=False), contextlib.nullcontext)
-    assert isinstance(autocast(torch.device("cpu")), contextlib.nullcontext)
+    assert isinstance(autocast(torch.device("cpu"), enabled=False), contextlib.nullcontext)
     with pytest.warns(UserWarning) if not torch.cuda.is_available() else contextlib.nullcontext():
         assert isinstance(autocast(cuda), torch.autocast)  # the default on a GPU: bf16
