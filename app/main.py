@@ -25,7 +25,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import ServingMiddleware
 from app.registry import Registry
-from app.routes import classify, health, models, vae
+from app.routes import classify, health, marginal, models, vae
 from app.settings import Settings, describe_error
 
 log = logging.getLogger("app.main")
@@ -36,7 +36,7 @@ except PackageNotFoundError:  # running from a checkout without `pip install -e 
     __version__ = "0.0.0+local"
 
 # Every router the app serves besides the probes (health.router); known_routes reads them too.
-API_ROUTERS = (classify.router, vae.router, models.router)
+API_ROUTERS = (classify.router, vae.router, marginal.router, models.router)
 
 DESCRIPTION = """Serving for AlexNet (classification) and the AEVB variational autoencoder.
 Errors are JSON `{"detail", "status", "request_id"}`; every response carries `X-Request-ID`."""
