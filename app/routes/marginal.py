@@ -106,8 +106,13 @@ async def impute(
     settings: SettingsDep,
     model: ModelQuery = None,
     steps: Annotated[
-        int, Query(ge=1, description="Sweeps of the chain (<= max_impute_steps)")
-    ] = DEFAULT_STEPS,
+        int | None,
+        Query(
+            ge=1,
+            description=f"Sweeps of the chain (<= max_impute_steps); default {DEFAULT_STEPS}, "
+            "or max_impute_steps if lower",
+        ),
+    ] = None,
     method: Annotated[
         ImputeMethod,
         Query(
@@ -123,6 +128,7 @@ async def impute(
     the decoder's means over the chain's second half. PNG (grid for several) or JSON."""
     predictor = registry.vae(model)
     media = negotiate(accept)
+    steps = min(DEFAULT_STEPS, settings.max_impute_steps) if steps is None else steps
     if steps > settings.max_impute_steps:
         raise HTTPException(
             422, f"steps={steps} exceeds max_impute_steps={settings.max_impute_steps}"
