@@ -260,6 +260,7 @@ def impute(
     steps: Tensor,
     method: ImputeMethod,
     generators: list[torch.Generator],
+    stats: dict[str, float] | None = None,
 ) -> Tensor:
     """Fill the missing pixels of x (B, D) in [0, 1] (`missing` (B, D) bool) from the model.
 
@@ -274,6 +275,7 @@ def impute(
     over the second half of them (the first half is burn-in), an estimate of E[x_m | x_o] (for
     the Bernoulli model, pixel probabilities). Observed pixels come back unchanged. Every row
     draws its noise from its own generator, so its answer does not depend on the other rows.
+    `stats`, when given, receives "acceptance": the share of mwg proposals accepted.
     """
     if method not in IMPUTE_METHODS:
         raise ValueError(f"method must be one of {IMPUTE_METHODS}, got {method!r}")
@@ -283,6 +285,8 @@ def impute(
     latent = model.config.latent
     state = torch.where(missing, torch.full_like(x, IMPUTE_FILL), x)  # (B, D)
     total, count = torch.zeros_like(x), torch.zeros(b, 1, device=x.device, dtype=x.dtype)
+    accepted = torch.zeros((), dtype=torch.long, device=x.device)
+    proposed = torch.zeros((), dtype=torch.long, device=x.device)
     # The chain's z and its decoder parameters (logits, or Gaussian means and log-variances).
     z: Tensor | None = None
     out: Tensor = x
@@ -303,6 +307,9 @@ def impute(
                 - _log_q(z, mean, log_var)
             )
             keep = (torch.log(accept_u) >= log_ratio)[:, None]  # (B, 1): reject z'
+            live = t < steps  # rows still running
+            accepted += (~keep[:, 0] & live).sum()  # tensors: no device sync per step
+            proposed += live.sum()
             z = torch.where(keep, z, proposal)
             out = torch.where(keep, out, new_out)
             if out_log_var is not None and new_log_var is not None:
@@ -320,4 +327,6 @@ def impute(
         total += counted * p
         count += counted
         state = torch.where(missing, draw, x)
+    if stats is not None and int(proposed):
+        stats["acceptance"] = int(accepted) / int(proposed)
     return torch.where(missing, total / count, x)

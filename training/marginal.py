@@ -126,6 +126,11 @@ def make_masks(kind: str, n: int, seed: int) -> Tensor:
     return order < SIDE * SIDE // 2
 
 
+def _error_rate(p: Tensor, truth: Tensor, missing: Tensor) -> float:
+    """Share of missing pixels on the wrong side of 0.5."""
+    return ((p[missing] >= 0.5) != (truth[missing] >= 0.5)).double().mean().item()
+
+
 def _bce(p: Tensor, truth: Tensor, missing: Tensor) -> float:
     """Mean binary cross-entropy (nats per missing pixel); logs clamped at -100 (PyTorch's)."""
     return F.binary_cross_entropy(p[missing].double(), truth[missing].double()).item()
@@ -136,7 +141,6 @@ def evaluate_imputation(model: VAE, args: argparse.Namespace, figures: Path) -> 
     truth = binarize_fixed(test_u8)[: args.limit].flatten(1)  # the card's binarised test split
     train_u8, _ = load_mnist(args.data_dir, train=True)
     train_mean = train_u8.float().div(255).mean(0).flatten()  # E[binarised pixel] per pixel
-    device = next(model.parameters()).device
     rows: list[dict[str, Any]] = []
     shown: dict[str, list[Tensor]] = {}
     for kind in MASKS:
@@ -148,6 +152,7 @@ def evaluate_imputation(model: VAE, args: argparse.Namespace, figures: Path) -> 
                 "method": "training mean",
                 "steps": 0,
                 "bce": _bce(fill, truth, missing),
+                "error_rate": _error_rate(fill, truth, missing),
                 "seconds": 0.0,
             }
         )
@@ -155,35 +160,27 @@ def evaluate_imputation(model: VAE, args: argparse.Namespace, figures: Path) -> 
         for steps in args.steps:
             for method in IMPUTE_METHODS:
                 t0 = time.perf_counter()
+                stats: list[dict[str, float]] = []
                 filled = torch.cat(
                     [
-                        impute(
-                            model,
-                            truth[i : i + args.batch_size].to(device),
-                            missing[i : i + args.batch_size].to(device),
-                            torch.full((min(args.batch_size, len(truth) - i),), steps),
-                            method,
-                            # image i's chain from seed + i, as a request with that seed would run
-                            [
-                                torch.Generator(device).manual_seed(args.seed + j)
-                                for j in range(i, min(i + args.batch_size, len(truth)))
-                            ],
-                        ).cpu()
+                        _impute_batch(model, truth, missing, i, args, steps, method, stats)
                         for i in range(0, len(truth), args.batch_size)
                     ]
                 )
                 seconds = time.perf_counter() - t0
-                rows.append(
-                    {
-                        "mask": kind,
-                        "method": method,
-                        "steps": steps,
-                        "bce": _bce(filled, truth, missing),
-                        "seconds": seconds,
-                    }
-                )
+                acceptance = [st["acceptance"] for st in stats if "acceptance" in st]
+                row = {
+                    "mask": kind,
+                    "method": method,
+                    "steps": steps,
+                    "bce": _bce(filled, truth, missing),
+                    "error_rate": _error_rate(filled, truth, missing),
+                    "seconds": seconds,
+                    "acceptance": sum(acceptance) / len(acceptance) if acceptance else None,
+                }
+                rows.append(row)
                 print(
-                    f"{kind:6s} {method:12s} steps {steps:4d}  BCE {rows[-1]['bce']:.4f}  "
+                    f"{kind:6s} {method:12s} steps {steps:4d}  BCE {row['bce']:.4f}  "
                     f"{seconds:.1f}s",
                     flush=True,
                 )
@@ -202,6 +199,32 @@ def evaluate_imputation(model: VAE, args: argparse.Namespace, figures: Path) -> 
     return {"images": len(truth), "steps": args.steps, "rows": rows, "best": best}
 
 
+def _impute_batch(
+    model: VAE,
+    truth: Tensor,
+    missing: Tensor,
+    i: int,
+    args: argparse.Namespace,
+    steps: int,
+    method: str,
+    stats: list[dict[str, float]],
+) -> Tensor:
+    """Images i .. i + batch_size filled; image j's chain from seed + j, as a request with that
+    seed would run it."""
+    device = next(model.parameters()).device
+    j = range(i, min(i + args.batch_size, len(truth)))
+    stats.append({})
+    return impute(
+        model,
+        truth[j.start : j.stop].to(device),
+        missing[j.start : j.stop].to(device),
+        torch.full((len(j),), steps),
+        method,  # type: ignore[arg-type]
+        [torch.Generator(device).manual_seed(args.seed + n) for n in j],
+        stats[-1],
+    ).cpu()
+
+
 def impute_markdown(r: dict[str, Any]) -> str:
     lines = [
         "# Imputation on MNIST test digits",
@@ -212,17 +235,21 @@ def impute_markdown(r: dict[str, Any]) -> str:
         f"{r['seed']} + image index, on {r['device']} with {r['torch_threads']} thread(s).",
         "",
         "Mean binary cross-entropy of the filled pixels against the true ones, in nats per "
-        "missing pixel (lower is better). *top*: rows 0-13 missing; *random*: a random half of "
-        "each image's pixels missing. The samplers return the mean of the decoder's "
-        "probabilities over the second half of the chain (what /impute returns).",
+        "missing pixel (lower is better; a confidently wrong pixel costs many nats), and the "
+        "share of missing pixels on the wrong side of 0.5. *top*: rows 0-13 missing; *random*: "
+        "a random half of each image's pixels missing. The samplers return the mean of the "
+        "decoder's probabilities over the second half of the chain (what /impute returns); "
+        "MH acceptance: the share of mwg's proposals accepted.",
         "",
-        "| mask | method | steps | BCE (nats/pixel) | wall time |",
-        "|---|---|---:|---:|---:|",
+        "| mask | method | steps | BCE (nats/pixel) | pixels wrong | MH acceptance | wall time |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in r["rows"]:
         steps = row["steps"] or "—"
+        accept = "—" if row.get("acceptance") is None else f"{100 * row['acceptance']:.2f}%"
         lines.append(
             f"| {row['mask']} | {row['method']} | {steps} | {row['bce']:.4f} "
+            f"| {100 * row['error_rate']:.2f}% | {accept} "
             f"| {row['seconds']:.1f} s |"
         )
     lines += [
