@@ -7,25 +7,13 @@ from pathlib import Path
 
 import torch
 
-from models import VAE, InputSpec, ModelCard, VAEConfig, save_checkpoint
-from models.checkpoint import DatasetInfo
+from tests.app.conftest import make_vae
 from training.cli import main
 from training.marginal import auroc, make_masks
 
 
 def _checkpoint(root: Path) -> Path:
-    torch.manual_seed(0)
-    config = VAEConfig(image_shape=(28, 28), hidden=16, latent=2)
-    card = ModelCard(
-        name="vae-mnist",
-        architecture="vae",
-        config=config.to_dict(),
-        task="generation",
-        input=InputSpec(channels=1, size=(28, 28), mean=[0.0], std=[1.0]),
-        dataset=DatasetInfo(name="mnist"),
-        code_version="test",
-    )
-    save_checkpoint(root / "vae", VAE(config), card)
+    make_vae(root, name="vae")  # a tiny random 28x28 Bernoulli VAE
     return root / "vae"
 
 
