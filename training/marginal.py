@@ -188,7 +188,7 @@ def evaluate_imputation(model: VAE, args: argparse.Namespace, figures: Path) -> 
                     shown[kind].append(filled[:8])
         shown[kind].append(truth[:8])
         images = torch.cat(shown[kind]).view(-1, 1, SIDE, SIDE)
-        plots.save_image_grid(images, figures / f"impute-{kind}.png", nrow=8)
+        _save_grid(images, figures / f"impute-{kind}.png", nrow=8)
     best = {
         kind: min(
             (r for r in rows if r["mask"] == kind and r["steps"] == max(args.steps)),
@@ -348,10 +348,14 @@ def evaluate_ood(model: VAE, args: argparse.Namespace, figures: Path) -> dict[st
         _histogram(m_log_px, log_px, name, rows[-1]["auroc_log_px"], figures / f"ood-{slug}.png")
         top = log_px.argsort(descending=True)[:16]  # the ones it finds most likely
         binarised = scoring_input(x[top].flatten(1), "bernoulli").view(-1, 1, SIDE, SIDE)
-        plots.save_image_grid(
-            torch.cat([x[top, None], binarised]), figures / f"ood-{slug}-most-likely.png", nrow=16
-        )
+        images = torch.cat([x[top, None], binarised])
+        _save_grid(images, figures / f"ood-{slug}-most-likely.png", nrow=16)
     return {"k": args.k, "mnist": summary, "sources": rows, "seconds": time.perf_counter() - t0}
+
+
+def _save_grid(images: Tensor, out_png: Path, nrow: int, scale: int = 3) -> None:
+    """A grid of (N, 1, 28, 28) images, each pixel drawn as scale x scale (legible in docs)."""
+    plots.save_image_grid(F.interpolate(images, scale_factor=scale), out_png, nrow=nrow)
 
 
 def _stats(v: Tensor) -> dict[str, float]:

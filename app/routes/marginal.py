@@ -56,16 +56,13 @@ SeedQuery = Annotated[
 ]
 
 
-def _body(json_example: dict[str, Any], parts: dict[str, Any]) -> dict[str, Any]:
+def _body(schema: type[EncodeRequest], parts: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI request body: multipart `image` parts (and `parts`), or JSON `schema`."""
     multipart = image_parts_content("One or more images; converted as the card says")
     multipart["multipart/form-data"]["schema"]["properties"].update(parts)
     multipart["multipart/form-data"]["schema"]["required"] += list(parts)
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {**multipart, JSON: {"example": json_example}},
-        }
-    }
+    content = {**multipart, JSON: {"schema": schema.model_json_schema()}}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 MASK_PART = {
@@ -75,13 +72,9 @@ MASK_PART = {
         "description": "One per image, in the same order and of the same size: white = missing",
     }
 }
-TOP_HALF_MISSING = [1] * 392 + [0] * 392
-IMPUTE_BODY = _body(
-    {"pixels": [[0.0] * 784], "mask": [TOP_HALF_MISSING], "seed": 0},
-    MASK_PART,
-)
-IMAGES_BODY = _body({"pixels": [[0.0] * 784]}, {})
-SCORE_BODY = _body({"pixels": [[0.0] * 784], "seed": 0}, {})
+IMPUTE_BODY = _body(ImputeRequest, MASK_PART)
+IMAGES_BODY = _body(EncodeRequest, {})
+SCORE_BODY = _body(ScoreRequest, {})
 
 
 def _seed(query: int | None, body: ScoreRequest | None) -> int:
