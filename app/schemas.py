@@ -15,8 +15,9 @@ MAX_ABS_LATENT = 1e3
 Latent = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_LATENT, le=MAX_ABS_LATENT)]
 Pixel = Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=1.0)]
 MAX_SEED = 2**63 - 1
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-MaskValue = Annotated[int, Field(ge=0, le=1)]
+# strict: JSON true/false or 1.0 are not seeds or mask values (the schema says integer)
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, strict=True)]
+MaskValue = Annotated[int, Field(ge=0, le=1, strict=True)]
 ImputeMethod = Literal["pseudo-gibbs", "mwg"]
 
 
