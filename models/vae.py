@@ -270,7 +270,9 @@ def impute(
       p(x_m|x_o), since q only approximates the posterior.
     - "mwg", Metropolis-within-Gibbs (Mattei & Frellsen 2018): q(z|x) proposes z', accepted
       with the Metropolis-Hastings ratio of p(x|z) p(z) / q(z|x), so the chain samples the
-      model's true conditional p(x_m|x_o).
+      model's true conditional p(x_m|x_o). Its burn-in (the first half) takes pseudo-Gibbs
+      sweeps: from the 0.5 fill, where q is far from the posterior, an independent proposal
+      is almost never accepted and the exact chain would not move.
     Row b runs `steps[b]` sweeps; its missing pixels come back as the mean of the decoder means
     over the second half of them (the first half is burn-in), an estimate of E[x_m | x_o] (for
     the Bernoulli model, pixel probabilities). Observed pixels come back unchanged. Every row
@@ -306,10 +308,10 @@ def impute(
                 - 0.5 * (z**2).sum(-1)
                 - _log_q(z, mean, log_var)
             )
-            keep = (torch.log(accept_u) >= log_ratio)[:, None]  # (B, 1): reject z'
-            live = t < steps  # rows still running
-            accepted += (~keep[:, 0] & live).sum()  # tensors: no device sync per step
-            proposed += live.sum()
+            sampling = (t >= steps // 2) & (t < steps)  # rows past burn-in, still running
+            keep = ((torch.log(accept_u) >= log_ratio) & sampling)[:, None]  # (B, 1): reject z'
+            accepted += (~keep[:, 0] & sampling).sum()  # tensors: no device sync per step
+            proposed += sampling.sum()
             z = torch.where(keep, z, proposal)
             out = torch.where(keep, out, new_out)
             if out_log_var is not None and new_log_var is not None:
