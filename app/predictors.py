@@ -217,7 +217,8 @@ class ClassifierPredictor(Predictor):
 
 
 class VAEPredictor(Predictor):
-    """AEVB VAE: encode images to q(z|x), decode latent codes to mean images."""
+    """AEVB VAE: encode images to q(z|x), decode latent codes to mean images, and the marginal
+    operations (impute, denoise, score; `app.marginal`)."""
 
     kind = "vae"
     ops = ("encode", "decode", "impute", "denoise", "score")

@@ -9,7 +9,8 @@ import torch
 
 from tests.app.conftest import make_vae
 from training.cli import main
-from training.marginal import auroc, make_masks
+from training.marginal import make_masks
+from training.ood import auroc
 
 
 def _checkpoint(root: Path) -> Path:
