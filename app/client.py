@@ -27,9 +27,11 @@ from app.schemas import (
     ClassifyResponse,
     DecodeResponse,
     EncodeResponse,
+    ImputeResponse,
     ModelInfo,
     ModelsResponse,
     SampleResponse,
+    ScoreResponse,
 )
 
 T = TypeVar("T")
@@ -87,6 +89,36 @@ def _model(cls: type[BaseModel]) -> Callable[[httpx.Response], Any]:
     return lambda r: cls.model_validate_json(r.content)
 
 
+def _images(
+    path: str,
+    parse: Callable[[httpx.Response], T],
+    params: dict[str, Any],
+    images: Sequence[ImageInput] | None,
+    pixels: Any,
+    headers: dict[str, str] | None = None,
+    masks: Sequence[ImageInput] | None = None,
+    mask: Any = None,
+) -> _Call[T]:
+    """A POST of `image` parts (and `mask` parts) or of JSON pixels (and mask)."""
+    if (images is None) == (pixels is None):
+        raise ValueError("give exactly one of images= or pixels=")
+    if images is not None:
+        files = [_image_part(im, i) for i, im in enumerate(images)]
+        files += [("mask", _image_part(m, i)[1]) for i, m in enumerate(masks or ())]
+        return _Call("POST", path, parse, params, files=files, headers=headers or {})
+    body = {"pixels": pixels} | ({"mask": mask} if mask is not None else {})
+    return _Call("POST", path, parse, params, json=body, headers=headers or {})
+
+
+def _image_answer(
+    png: bool, model: type[BaseModel]
+) -> tuple[Callable[[httpx.Response], Any], dict[str, str]]:
+    """How to read an image endpoint's answer, and the Accept header that asks for it."""
+    if png:
+        return (lambda r: r.content), {"Accept": "image/png"}
+    return _model(model), {"Accept": "application/json"}
+
+
 def _error(r: httpx.Response) -> ModelServeError:
     try:
         body = r.json()
@@ -120,31 +152,56 @@ class _Calls:
         seed: int | None,
         model: str | None,
     ) -> _Call[EncodeResponse]:
-        if (images is None) == (pixels is None):
-            raise ValueError("give exactly one of images= or pixels=")
         params = _params(sample=sample, seed=seed, model=model)
-        if images is not None:
-            files = [_image_part(im, i) for i, im in enumerate(images)]
-            return _Call("POST", "/encode", _model(EncodeResponse), params, files=files)
-        return _Call("POST", "/encode", _model(EncodeResponse), params, json={"pixels": pixels})
+        return _images("/encode", _model(EncodeResponse), params, images, pixels)
 
     @staticmethod
     def decode(z: Sequence[Sequence[float]], model: str | None, png: bool) -> _Call[Any]:
-        accept = "image/png" if png else "application/json"
-        parse: Callable[[httpx.Response], Any] = (
-            (lambda r: r.content) if png else _model(DecodeResponse)
-        )
+        parse, headers = _image_answer(png, DecodeResponse)
         body = {"z": [list(map(float, row)) for row in z]}
-        return _Call("POST", "/decode", parse, _params(model=model), body, None, {"Accept": accept})
+        return _Call("POST", "/decode", parse, _params(model=model), body, None, headers)
 
     @staticmethod
     def sample(n: int, seed: int | None, model: str | None, png: bool) -> _Call[Any]:
-        accept = "image/png" if png else "application/json"
-        parse: Callable[[httpx.Response], Any] = (
-            (lambda r: r.content) if png else _model(SampleResponse)
-        )
+        parse, headers = _image_answer(png, SampleResponse)
         params = _params(n=n, seed=seed, model=model)
-        return _Call("GET", "/sample", parse, params, headers={"Accept": accept})
+        return _Call("GET", "/sample", parse, params, headers=headers)
+
+    @staticmethod
+    def impute(
+        images: Sequence[ImageInput] | None,
+        masks: Sequence[ImageInput] | None,
+        pixels: Any,
+        mask: Any,
+        steps: int | None,
+        method: str | None,
+        seed: int | None,
+        model: str | None,
+        png: bool,
+    ) -> _Call[Any]:
+        if (images is None) != (masks is None) or (pixels is None) != (mask is None):
+            raise ValueError("give images= with masks=, or pixels= with mask=")
+        parse, headers = _image_answer(png, ImputeResponse)
+        params = _params(steps=steps, method=method, seed=seed, model=model)
+        return _images("/impute", parse, params, images, pixels, headers, masks, mask)
+
+    @staticmethod
+    def denoise(
+        images: Sequence[ImageInput] | None, pixels: Any, model: str | None, png: bool
+    ) -> _Call[Any]:
+        parse, headers = _image_answer(png, DecodeResponse)
+        return _images("/denoise", parse, _params(model=model), images, pixels, headers)
+
+    @staticmethod
+    def score(
+        images: Sequence[ImageInput] | None,
+        pixels: Any,
+        k: int | None,
+        seed: int | None,
+        model: str | None,
+    ) -> _Call[ScoreResponse]:
+        params = _params(k=k, seed=seed, model=model)
+        return _images("/score", _model(ScoreResponse), params, images, pixels)
 
 
 class _Base:
@@ -265,6 +322,75 @@ class Client(_Base):
         result: bytes = self._send(_Calls.sample(n, seed, model, png=True))
         return result
 
+    def impute(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        masks: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        mask: Any = None,
+        steps: int | None = None,
+        method: str | None = None,
+        seed: int | None = None,
+        model: str | None = None,
+    ) -> ImputeResponse:
+        """Images with their missing pixels filled: images= with one mask each (white =
+        missing), or pixels= with mask= (1 = missing); full-precision JSON."""
+        call = _Calls.impute(images, masks, pixels, mask, steps, method, seed, model, png=False)
+        result: ImputeResponse = self._send(call)
+        return result
+
+    def impute_png(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        masks: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        mask: Any = None,
+        steps: int | None = None,
+        method: str | None = None,
+        seed: int | None = None,
+        model: str | None = None,
+    ) -> bytes:
+        """The filled images as one PNG (a grid when several)."""
+        call = _Calls.impute(images, masks, pixels, mask, steps, method, seed, model, png=True)
+        result: bytes = self._send(call)
+        return result
+
+    def denoise(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        model: str | None = None,
+    ) -> DecodeResponse:
+        """Posterior-mean reconstructions of images or raw pixels, full-precision JSON."""
+        result: DecodeResponse = self._send(_Calls.denoise(images, pixels, model, png=False))
+        return result
+
+    def denoise_png(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        model: str | None = None,
+    ) -> bytes:
+        """The reconstructions as one PNG (a grid when several)."""
+        result: bytes = self._send(_Calls.denoise(images, pixels, model, png=True))
+        return result
+
+    def score(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        k: int | None = None,
+        seed: int | None = None,
+        model: str | None = None,
+    ) -> ScoreResponse:
+        """Lower bound and importance-sampled log p(x) per image, in nats."""
+        return self._send(_Calls.score(images, pixels, k, seed, model))
+
     def models(self) -> ModelsResponse:
         """Loaded models with their cards, and failed ones."""
         return self._send(_Call("GET", "/models", _model(ModelsResponse)))
@@ -382,6 +508,75 @@ class AsyncClient(_Base):
         """n images from the prior as one PNG grid."""
         result: bytes = await self._send(_Calls.sample(n, seed, model, png=True))
         return result
+
+    async def impute(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        masks: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        mask: Any = None,
+        steps: int | None = None,
+        method: str | None = None,
+        seed: int | None = None,
+        model: str | None = None,
+    ) -> ImputeResponse:
+        """Images with their missing pixels filled: images= with one mask each (white =
+        missing), or pixels= with mask= (1 = missing); full-precision JSON."""
+        call = _Calls.impute(images, masks, pixels, mask, steps, method, seed, model, png=False)
+        result: ImputeResponse = await self._send(call)
+        return result
+
+    async def impute_png(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        masks: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        mask: Any = None,
+        steps: int | None = None,
+        method: str | None = None,
+        seed: int | None = None,
+        model: str | None = None,
+    ) -> bytes:
+        """The filled images as one PNG (a grid when several)."""
+        call = _Calls.impute(images, masks, pixels, mask, steps, method, seed, model, png=True)
+        result: bytes = await self._send(call)
+        return result
+
+    async def denoise(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        model: str | None = None,
+    ) -> DecodeResponse:
+        """Posterior-mean reconstructions of images or raw pixels, full-precision JSON."""
+        result: DecodeResponse = await self._send(_Calls.denoise(images, pixels, model, png=False))
+        return result
+
+    async def denoise_png(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        model: str | None = None,
+    ) -> bytes:
+        """The reconstructions as one PNG (a grid when several)."""
+        result: bytes = await self._send(_Calls.denoise(images, pixels, model, png=True))
+        return result
+
+    async def score(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        k: int | None = None,
+        seed: int | None = None,
+        model: str | None = None,
+    ) -> ScoreResponse:
+        """Lower bound and importance-sampled log p(x) per image, in nats."""
+        return await self._send(_Calls.score(images, pixels, k, seed, model))
 
     async def models(self) -> ModelsResponse:
         """Loaded models with their cards, and failed ones."""

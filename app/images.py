@@ -204,3 +204,14 @@ def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> torch.Tensor:
     Raises `ImageError` (a subclass per fault) for anything that is not a usable image.
     """
     return normalize(decode_opened(open_image(data, max_pixels), spec), spec).contiguous()
+
+
+def decode_mask(im: Image.Image, spec: InputSpec) -> torch.Tensor:
+    """An opened mask image (white = missing) -> (H, W) bool at the size `spec` asks for.
+
+    Decoded as the image is (same resize, so a mask drawn on the upload covers the same pixels
+    of the model input) but always grey, transparent areas black (observed), never inverted:
+    grey levels of 128 and up are missing.
+    """
+    grey = decode_opened(im, spec.model_copy(update={"channels": 1, "background": 0}))
+    return grey[0] >= 128

@@ -25,7 +25,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import ServingMiddleware
 from app.registry import Registry
-from app.routes import classify, health, models, ui, v2, vae
+from app.routes import classify, health, marginal, models, ui, v2, vae
 from app.settings import Settings, describe_error
 
 log = logging.getLogger("app.main")
@@ -36,7 +36,7 @@ except PackageNotFoundError:  # running from a checkout without `pip install -e 
     __version__ = "0.0.0+local"
 
 # Every router the app serves besides the probes; known_routes reads them too.
-API_ROUTERS = (classify.router, vae.router, models.router, v2.router)
+API_ROUTERS = (classify.router, vae.router, marginal.router, models.router, v2.router)
 PROBE_ROUTERS = (health.router, v2.probes)
 
 DESCRIPTION = """Serving for AlexNet (classification) and the AEVB variational autoencoder.

@@ -14,6 +14,11 @@ MAX_ABS_LATENT = 1e3
 
 Latent = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_LATENT, le=MAX_ABS_LATENT)]
 Pixel = Annotated[float, Field(allow_inf_nan=False, ge=0.0, le=1.0)]
+MAX_SEED = 2**63 - 1
+# strict: JSON true/false or 1.0 are not seeds or mask values (the schema says integer)
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, strict=True)]
+MaskValue = Annotated[int, Field(ge=0, le=1, strict=True)]
+ImputeMethod = Literal["pseudo-gibbs", "mwg"]
 
 
 class _Body(BaseModel):
@@ -123,6 +128,61 @@ class SampleResponse(DecodeResponse):
     z: list[list[float]] = Field(
         description="(n, latent_dim) latent codes used", examples=[[[0.1, 2.0]]]
     )
+
+
+# --- /impute, /denoise and /score --------------------------------------------------------
+class ScoreRequest(EncodeRequest):
+    """Images to score, with the seed of the importance samples."""
+
+    seed: Seed | None = Field(
+        default=None,
+        description="Seed of the samples (or in the query); the same for every image",
+        examples=[0],
+    )
+
+
+class ImputeRequest(ScoreRequest):
+    """Images and their masks, the same shapes; mask 1 = missing, 0 = observed."""
+
+    mask: list[list[MaskValue]] | list[list[list[MaskValue]]] = Field(
+        description="Shaped as `pixels`: 1 where the pixel is missing, 0 where it is observed",
+        examples=[[[1] * 392 + [0] * 392]],
+    )
+
+
+class ImputeResponse(DecodeResponse):
+    """Images with their missing pixels filled: observed pixels unchanged, missing ones the
+    chain's mean decoder parameters (probabilities for a Bernoulli model)."""
+
+    method: ImputeMethod = Field(description="Sampler that filled them", examples=["pseudo-gibbs"])
+    steps: int = Field(description="Sweeps of the chain per image", examples=[100])
+    seed: int = Field(description="Seed of the chain, the same for every image", examples=[0])
+
+
+class ScoreResult(_Body):
+    """Lower bound and importance-sampled log-likelihood of one image, in nats."""
+
+    elbo: float = Field(description="Lower bound on log p(x), k-sample estimate", examples=[-98.2])
+    log_likelihood: float = Field(
+        description="log p(x) estimated with k importance samples (>= elbo)", examples=[-92.5]
+    )
+    k: int = Field(description="Importance samples used", examples=[100])
+
+
+class ScoreResponse(_Body):
+    """Answer to /score: one result per image, in input order."""
+
+    model: str = Field(description="Name of the VAE that answered", examples=["vae-mnist"])
+    likelihood: Literal["bernoulli", "gaussian"] = Field(
+        description="bernoulli: log-probabilities of binary images; gaussian: log-densities",
+        examples=["bernoulli"],
+    )
+    binarized: bool = Field(
+        description="Whether the input was binarised at 0.5 before scoring (Bernoulli models)",
+        examples=[True],
+    )
+    seed: int = Field(description="Seed of the importance samples", examples=[0])
+    results: list[ScoreResult] = Field(description="One entry per input image, in order")
 
 
 # --- /models ---------------------------------------------------------------------------

@@ -81,6 +81,17 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(
         default=32, ge=1, le=4096, description="Most items in one model batch"
     )
+    max_impute_steps: int = Field(
+        default=500, ge=1, le=100_000, description="Largest steps of /impute (sweeps per image)"
+    )
+    max_score_k: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Largest k of /score (samples per image)"
+    )
+    max_score_samples: int = Field(
+        default=16_384,
+        ge=1,
+        description="Most importance samples, k x images, in one /score request",
+    )
     batch_timeout_ms: float = Field(
         default=2.0,
         ge=0.0,

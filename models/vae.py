@@ -130,11 +130,7 @@ class VAE(nn.Module):
 
     def log_px_z(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x|z) summed over pixels: x (B, D), z (..., B, Z) -> (..., B)."""
-        out, log_var = self.decode_params(z)
-        x = x.flatten(1).expand_as(out)
-        if log_var is None:
-            return -F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1)
-        return -0.5 * (LOG_2PI + log_var + (x - out) ** 2 * torch.exp(-log_var)).sum(-1)
+        return log_px_given(x, *self.decode_params(z))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw z ~ p(z) and return (z (n, Z), decoder mean images (n, 1, H, W))."""
@@ -156,6 +152,18 @@ class VAE(nn.Module):
         """Negative lower bound averaged over the batch: the training loss, in nats."""
         return -self.elbo_terms(x).elbo.mean()
 
+    def log_weights(
+        self, x: Tensor, mean: Tensor, log_var: Tensor, eps: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """At z = mean + sigma * eps: log p(x|z) and the importance log-weight
+        log p(x|z) + log p(z) - log q(z|x). x (B, D), mean and log_var (B, Z) from
+        `encode(x)`, eps (K, B, Z) -> (K, B) each."""
+        z = mean + torch.exp(0.5 * log_var) * eps
+        log_pz = -0.5 * (LOG_2PI + z**2).sum(-1)
+        log_qz = -0.5 * (LOG_2PI + log_var + eps**2).sum(-1)
+        log_px_z = self.log_px_z(x, z)
+        return log_px_z, log_px_z + log_pz - log_qz
+
     @torch.no_grad()
     def importance_log_likelihood(
         self, x: Tensor, k: int = 5000, chunk: int = 500, generator: torch.Generator | None = None
@@ -168,21 +176,159 @@ class VAE(nn.Module):
         """
         x = x.flatten(1)
         mean, log_var = self.encode(x)  # (B, Z)
-        std = torch.exp(0.5 * log_var)
         parts = []
         for start in range(0, k, chunk):
             kk = min(chunk, k - start)
             eps = torch.randn(
                 (kk, *mean.shape), generator=generator, device=x.device, dtype=x.dtype
             )
-            z = mean + std * eps  # (kk, B, Z)
-            log_pz = -0.5 * (LOG_2PI + z**2).sum(-1)
-            log_qz = -0.5 * (LOG_2PI + log_var + eps**2).sum(-1)
-            parts.append(self.log_px_z(x, z) + log_pz - log_qz)  # (kk, B)
+            parts.append(self.log_weights(x, mean, log_var, eps)[1])  # (kk, B)
         log_w = torch.cat(parts, 0)
         return torch.logsumexp(log_w, 0) - math.log(k)
+
+    @torch.no_grad()
+    def score(self, x: Tensor, eps: Tensor, chunk: int = 500) -> tuple[Tensor, Tensor]:
+        """Lower bound and importance-sampled log p(x) of x (B, D), both from the same K draws
+        eps (K, B, Z) of q(z|x): (B,) each, in nats.
+
+        The bound is the paper's eq. 10 with K samples (mean reconstruction term, KL in closed
+        form); log p(x) is logmeanexp_k of the importance weights, as in
+        `importance_log_likelihood`. The caller draws eps, so each row can have its own seed.
+        """
+        x = x.flatten(1)
+        mean, log_var = self.encode(x)
+        recon, log_w = [], []
+        for eps_chunk in eps.split(chunk):  # at most chunk * B decoder rows at once
+            r, w = self.log_weights(x, mean, log_var, eps_chunk)
+            recon.append(r)
+            log_w.append(w)
+        elbo = torch.cat(recon).mean(0) - kl_standard_normal(mean, log_var)
+        log_px = torch.logsumexp(torch.cat(log_w), 0) - math.log(eps.shape[0])
+        return elbo, log_px
+
+
+def log_px_given(x: Tensor, out: Tensor, log_var: Tensor | None) -> Tensor:
+    """log p(x|z) from the decoder's parameters (`VAE.decode_params`), summed over pixels:
+    x (B, D) broadcast against out (..., B, D) -> (..., B)."""
+    x = x.flatten(1).expand_as(out)
+    if log_var is None:
+        return -F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1)
+    return -0.5 * (LOG_2PI + log_var + (x - out) ** 2 * torch.exp(-log_var)).sum(-1)
 
 
 def kl_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
     """KL(N(mean, diag(exp(log_var))) || N(0, I)) summed over latent dims: (B, Z) -> (B,)."""
     return -0.5 * (1 + log_var - mean**2 - torch.exp(log_var)).sum(-1)
+
+
+# --- marginal inference: missing pixels and likelihood scores ----------------------------
+ImputeMethod = Literal["pseudo-gibbs", "mwg"]
+IMPUTE_METHODS: tuple[ImputeMethod, ...] = ("pseudo-gibbs", "mwg")
+# Where the missing pixels of the chain's first state start: the middle of [0, 1].
+IMPUTE_FILL = 0.5
+
+
+def scoring_input(x: Tensor, likelihood: Likelihood) -> Tensor:
+    """The data a likelihood is computed of: a Bernoulli model's p(x) is a probability of binary
+    images, so grey levels are binarised at 0.5; a Gaussian model scores densities as given."""
+    return (x >= 0.5).to(x.dtype) if likelihood == "bernoulli" else x
+
+
+def _row_noise(generators: list[torch.Generator], shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """One standard-normal draw of `shape` per row, each from its row's generator: (B, *shape)."""
+    return torch.stack(
+        [torch.randn(shape, generator=g, device=like.device, dtype=like.dtype) for g in generators]
+    )
+
+
+def _row_uniform(generators: list[torch.Generator], shape: tuple[int, ...], like: Tensor) -> Tensor:
+    return torch.stack(
+        [torch.rand(shape, generator=g, device=like.device, dtype=like.dtype) for g in generators]
+    )
+
+
+def _log_q(z: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
+    """log N(z; mean, diag(exp(log_var))) summed over latent dims: (B, Z) -> (B,)."""
+    return -0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * torch.exp(-log_var)).sum(-1)
+
+
+@torch.no_grad()
+def impute(
+    model: VAE,
+    x: Tensor,
+    missing: Tensor,
+    steps: Tensor,
+    method: ImputeMethod,
+    generators: list[torch.Generator],
+    stats: dict[str, float] | None = None,
+) -> Tensor:
+    """Fill the missing pixels of x (B, D) in [0, 1] (`missing` (B, D) bool) from the model.
+
+    Both chains start with the missing pixels at 0.5 and run one sweep per step; a sweep draws z,
+    then the missing pixels x_m ~ p(x_m|z), and the observed ones stay fixed:
+    - "pseudo-gibbs" (Rezende et al. 2014): z ~ q(z|x). Its stationary law is not exactly
+      p(x_m|x_o), since q only approximates the posterior.
+    - "mwg", Metropolis-within-Gibbs (Mattei & Frellsen 2018): q(z|x) proposes z', accepted
+      with the Metropolis-Hastings ratio of p(x|z) p(z) / q(z|x), so the chain samples the
+      model's true conditional p(x_m|x_o). Its burn-in (the first half) takes pseudo-Gibbs
+      sweeps: from the 0.5 fill, where q is far from the posterior, an independent proposal
+      is almost never accepted and the exact chain would not move.
+    Row b runs `steps[b]` sweeps; its missing pixels come back as the mean of the decoder means
+    over the second half of them (the first half is burn-in), an estimate of E[x_m | x_o] (for
+    the Bernoulli model, pixel probabilities). Observed pixels come back unchanged. Every row
+    draws its noise from its own generator, so its answer does not depend on the other rows.
+    `stats`, when given, receives "acceptance": the share of mwg proposals accepted.
+    """
+    if method not in IMPUTE_METHODS:
+        raise ValueError(f"method must be one of {IMPUTE_METHODS}, got {method!r}")
+    x, missing = x.flatten(1), missing.flatten(1)
+    b, d = x.shape
+    steps = steps.to(x.device)
+    latent = model.config.latent
+    state = torch.where(missing, torch.full_like(x, IMPUTE_FILL), x)  # (B, D)
+    total, count = torch.zeros_like(x), torch.zeros(b, 1, device=x.device, dtype=x.dtype)
+    accepted = torch.zeros((), dtype=torch.long, device=x.device)
+    proposed = torch.zeros((), dtype=torch.long, device=x.device)
+    # The chain's z and its decoder parameters (logits, or Gaussian means and log-variances).
+    z: Tensor | None = None
+    out: Tensor = x
+    out_log_var: Tensor | None = None
+    for t in range(int(steps.max())):
+        mean, log_var = model.encode(state)  # (B, Z), given the current fill
+        proposal = mean + torch.exp(0.5 * log_var) * _row_noise(generators, (latent,), x)
+        new_out, new_log_var = model.decode_params(proposal)
+        if method == "mwg" and z is not None:
+            accept_u = _row_uniform(generators, (), x)  # drawn before the x_m noise, every step
+            log_ratio = (
+                log_px_given(state, new_out, new_log_var)
+                - 0.5 * (proposal**2).sum(-1)
+                - _log_q(proposal, mean, log_var)
+            ) - (
+                log_px_given(state, out, out_log_var)
+                - 0.5 * (z**2).sum(-1)
+                - _log_q(z, mean, log_var)
+            )
+            sampling = (t >= steps // 2) & (t < steps)  # rows past burn-in, still running
+            keep = ((torch.log(accept_u) >= log_ratio) & sampling)[:, None]  # (B, 1): reject z'
+            accepted += (~keep[:, 0] & sampling).sum()  # tensors: no device sync per step
+            proposed += sampling.sum()
+            z = torch.where(keep, z, proposal)
+            out = torch.where(keep, out, new_out)
+            if out_log_var is not None and new_log_var is not None:
+                out_log_var = torch.where(keep, out_log_var, new_log_var)
+        else:
+            z, out, out_log_var = proposal, new_out, new_log_var
+        if out_log_var is None:  # Bernoulli: probabilities, and x_m ~ Bernoulli(p)
+            p = torch.sigmoid(out)
+            draw = (_row_uniform(generators, (d,), x) < p).to(x.dtype)
+        else:  # Gaussian: means, and x_m ~ N(mean, sigma^2) kept in the data's [0, 1]
+            p = out
+            sigma = torch.exp(0.5 * out_log_var)
+            draw = (p + sigma * _row_noise(generators, (d,), x)).clamp(0.0, 1.0)
+        counted = ((t >= steps // 2) & (t < steps)).to(x.dtype)[:, None]  # (B, 1)
+        total += counted * p
+        count += counted
+        state = torch.where(missing, draw, x)
+    if stats is not None and int(proposed):
+        stats["acceptance"] = int(accepted) / int(proposed)
+    return torch.where(missing, total / count, x)

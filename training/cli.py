@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from models.checkpoint import CheckpointError
-from training import alexnet, figure2, vae
+from training import alexnet, figure2, marginal, vae
 from training.data import DataError
 from training.loop import AMP_MODES, LoopOptions, fit, setup_distributed
 from training.pack import PackError, write_pack
@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "<out>/vae-figure2.md and .json: our test lower bound beside the paper's.",
     )
     figure2.add_arguments(p)
+    marginal.add_parsers(sub)
     return parser
 
 
@@ -234,6 +235,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "figure2":
         figure2.run(args, train=main)  # each latent size trains through the `vae` command
         print(f"wrote {args.out / 'vae-figure2.md'}")
+        return 0
+    if args.command in marginal.COMMANDS:
+        marginal.run(args)
         return 0
     if args.command in ("eval-vae", "eval-alexnet"):
         module = vae if args.command == "eval-vae" else alexnet

@@ -64,18 +64,28 @@ async def read_image_parts(request: Request, settings: Settings) -> list[bytes]:
     way (Starlette's parser, python-multipart), without FastAPI validating every part again
     through pydantic on each request.
     """
+    return (await read_parts(request, settings, ("image",)))["image"]
+
+
+async def read_parts(
+    request: Request, settings: Settings, names: Sequence[str]
+) -> dict[str, list[bytes]]:
+    """The bytes of the file parts of each field in `names`, in upload order; each field is
+    required (422) and holds at most `max_batch_images` parts (413)."""
     # One file over the limit is still parsed, so that the answer is our 413, not a 400.
-    async with request.form(max_files=settings.max_batch_images + 1) as form:
-        files = [f for f in form.getlist("image") if isinstance(f, UploadFile)]
-        if not files:
-            raise RequestValidationError(
-                [{"type": "missing", "loc": ("body", "image"), "msg": "Field required"}]
-            )
-        if len(files) > settings.max_batch_images:
-            raise HTTPException(
-                413, f"{len(files)} images in one request; the limit is {settings.max_batch_images}"
-            )
-        return [await f.read() for f in files]
+    async with request.form(max_files=settings.max_batch_images * len(names) + 1) as form:
+        parts = {n: [f for f in form.getlist(n) if isinstance(f, UploadFile)] for n in names}
+        for name, files in parts.items():
+            if not files:
+                raise RequestValidationError(
+                    [{"type": "missing", "loc": ("body", name), "msg": "Field required"}]
+                )
+            if len(files) > settings.max_batch_images:
+                raise HTTPException(
+                    413,
+                    f"{len(files)} {name}s in one request; the limit is {settings.max_batch_images}",
+                )
+        return {name: [await f.read() for f in files] for name, files in parts.items()}
 
 
 # Images up to this many pixels (a 128x128 thumbnail, every CIFAR-10 or MNIST image) decode in

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,14 +18,21 @@ from app.negotiation import choose_media
 from app.predictors import VAEPredictor
 from app.registry import Registry
 from app.routes.uploads import ERRORS, decode_uploads, image_parts_content, infer, read_image_parts
-from app.schemas import DecodeRequest, DecodeResponse, EncodeRequest, EncodeResponse, SampleResponse
+from app.schemas import (
+    MAX_SEED,
+    DecodeRequest,
+    DecodeResponse,
+    EncodeRequest,
+    EncodeResponse,
+    SampleResponse,
+)
 
 router = APIRouter(tags=["vae"])
 
 PNG, JSON = "image/png", "application/json"
 # PNG first: it is the answer for a missing or */* Accept (curl, browsers).
 IMAGE_TYPES = [PNG, JSON]
-MAX_SEED = 2**63 - 1
+Body = TypeVar("Body", bound=EncodeRequest)
 
 ModelQuery = Annotated[str | None, Query(description="VAE name (default: the configured one)")]
 AcceptHeader = Annotated[str | None, Header(description="image/png (default) or application/json")]
@@ -41,7 +48,7 @@ ENCODE_BODY: dict[str, Any] = {
 }
 
 
-def _image_responses(model: type[DecodeResponse]) -> dict[int | str, dict[str, Any]]:
+def image_responses(model: type[DecodeResponse]) -> dict[int | str, dict[str, Any]]:
     return {
         200: {
             "content": {
@@ -55,14 +62,14 @@ def _image_responses(model: type[DecodeResponse]) -> dict[int | str, dict[str, A
     }
 
 
-def _validation_error(e: ValidationError) -> RequestValidationError:
+def validation_error(e: ValidationError) -> RequestValidationError:
     """A pydantic error on a body we parsed ourselves, reported like FastAPI's own 422s."""
     return RequestValidationError(
         [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
     )
 
 
-def _media_type(request: Request) -> str:
+def media_type(request: Request) -> str:
     """The request body's media type, lower case, without parameters ("" when absent)."""
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
@@ -86,28 +93,62 @@ async def encode(
 ) -> Response:
     """Multipart `image` parts or a JSON `{"pixels": ...}` body; one result per image, in order."""
     predictor = registry.vae(model)
-    content_type = _media_type(request)
-    if content_type == "multipart/form-data":
-        blobs = await read_image_parts(request, settings)
-        inputs = await decode_uploads(blobs, predictor, settings)
-    elif content_type == JSON:
-        try:
-            body = EncodeRequest.model_validate_json(await request.body())
-        except ValidationError as e:
-            raise _validation_error(e) from None
-        with timing.phase("decode"):
-            inputs = await run_in_threadpool(predictor.decode_pixels, body.pixels)
-        if len(inputs) > settings.max_batch_images:
-            raise HTTPException(
-                413, f"{len(inputs)} images in one request; limit {settings.max_batch_images}"
-            )
-    else:
-        raise HTTPException(415, "send multipart/form-data with `image` parts, or application/json")
+    inputs, _ = await read_images(request, settings, predictor, EncodeRequest)
     outputs = await infer(request, registry, predictor, "encode", inputs)
     # Serialised here, not validated again against response_model (that is for the docs).
     return Response(
         predictor.encode_response(outputs, sample, seed).model_dump_json(), media_type=JSON
     )
+
+
+async def read_images(
+    request: Request, settings: SettingsDep, predictor: VAEPredictor, body_type: type[Body]
+) -> tuple[list[Any], Body | None]:
+    """The images of a multipart (`image` parts) or JSON (`body_type`, with `pixels`) body,
+    decoded for `predictor`, and the JSON body itself; 413 past max_batch_images."""
+    content_type = media_type(request)
+    if content_type == "multipart/form-data":
+        blobs = await read_image_parts(request, settings)
+        return await decode_uploads(blobs, predictor, settings), None
+    if content_type != JSON:
+        raise HTTPException(415, "send multipart/form-data with `image` parts, or application/json")
+    try:
+        body = body_type.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise validation_error(e) from None
+    with timing.phase("decode"):
+        inputs = await run_in_threadpool(predictor.decode_pixels, body.pixels)
+    if len(inputs) > settings.max_batch_images:
+        raise HTTPException(
+            413, f"{len(inputs)} images in one request; limit {settings.max_batch_images}"
+        )
+    return inputs, body
+
+
+def negotiate(accept: str | None) -> str:
+    """The image type to answer in; 406 (before any work) when Accept allows neither."""
+    media = choose_media(accept, IMAGE_TYPES)
+    if media is None:
+        raise not_acceptable(IMAGE_TYPES)
+    return media
+
+
+async def image_answer(
+    predictor: VAEPredictor,
+    media: str,
+    images: list[Any],
+    headers: dict[str, str],
+    out: DecodeResponse | None = None,
+) -> Response:
+    """Model images (D,) as one PNG (a grid for several) or as JSON: `out` when given (a
+    DecodeResponse with more fields), else the plain DecodeResponse."""
+    headers = {"X-Image-Count": str(len(images)), **headers}
+    if media == PNG:
+        with timing.phase("png"):
+            png = await run_in_threadpool(predictor.images_png, images)
+        return Response(png, media_type=PNG, headers=headers)
+    body = out if out is not None else predictor.images_json(images)
+    return Response(body.model_dump_json(), media_type=JSON, headers=headers)
 
 
 async def _render(
@@ -120,24 +161,17 @@ async def _render(
     extra: dict[str, Any] | None = None,
 ) -> Response:
     """Negotiate (406 first, before any work), decode `zs` in batches, answer PNG or JSON."""
-    media = choose_media(accept, IMAGE_TYPES)
-    if media is None:
-        raise not_acceptable(IMAGE_TYPES)
+    media = negotiate(accept)
     images = await infer(request, registry, predictor, "decode", zs)
-    headers = {"X-Image-Count": str(len(images)), **headers}
-    if media == PNG:
-        with timing.phase("png"):
-            png = await run_in_threadpool(predictor.images_png, images)
-        return Response(png, media_type=PNG, headers=headers)
-    out = predictor.images_json(images)
-    if extra is not None:  # /sample: the seed and the z's used
-        out = SampleResponse(**out.model_dump(), **extra)
-    return Response(out.model_dump_json(), media_type=JSON, headers=headers)
+    out = None
+    if extra is not None and media == JSON:  # /sample: the seed and the z's used
+        out = SampleResponse(**predictor.images_json(images).model_dump(), **extra)
+    return await image_answer(predictor, media, images, headers, out)
 
 
 def _json_body(request: Request) -> None:
     """415 for a body that is not JSON (FastAPI would try to validate it and answer 422)."""
-    content_type = _media_type(request)
+    content_type = media_type(request)
     if content_type != JSON and not content_type.endswith("+json"):
         raise HTTPException(415, f"send a JSON body ({JSON}); got {content_type or 'no type'}")
 
@@ -146,7 +180,7 @@ def _json_body(request: Request) -> None:
     "/decode",
     response_model=DecodeResponse,
     dependencies=[Depends(_json_body)],
-    responses=_image_responses(DecodeResponse),
+    responses=image_responses(DecodeResponse),
     summary="Decode latent codes to images",
 )
 async def decode(
@@ -167,7 +201,7 @@ async def decode(
 @router.get(
     "/sample",
     response_model=SampleResponse,
-    responses=_image_responses(SampleResponse),
+    responses=image_responses(SampleResponse),
     summary="Sample images from the prior",
 )
 async def sample(

@@ -13,7 +13,14 @@ from PIL import Image
 
 from app.client import AsyncClient, Client, ModelServeError
 from app.main import create_app
-from app.schemas import ClassifyBatchResponse, ClassifyResponse, DecodeResponse, SampleResponse
+from app.schemas import (
+    ClassifyBatchResponse,
+    ClassifyResponse,
+    DecodeResponse,
+    ImputeResponse,
+    SampleResponse,
+    ScoreResponse,
+)
 from app.settings import Settings
 from tests.app.conftest import LATENT, png_bytes, serve_in_thread, test_settings
 
@@ -212,3 +219,46 @@ async def test_async_client_against_the_asgi_app(model_dir: Path) -> None:
             with pytest.raises(ModelServeError) as info:
                 await c.sample(10_000)
             assert info.value.status == 422
+
+
+def test_sync_client_marginal_methods(sync_client: Client, tmp_path: Path) -> None:
+    digit, mask = tmp_path / "digit.png", tmp_path / "mask.png"
+    Image.new("L", (28, 28), 0).save(digit)
+    m = Image.new("L", (28, 28), 0)
+    m.paste(255, (0, 0, 28, 14))
+    m.save(mask)
+    r = sync_client.impute([digit], [mask], steps=3, seed=2)
+    assert isinstance(r, ImputeResponse) and r.steps == 3 and r.seed == 2
+    assert sync_client.impute(pixels=[[0.0] * 784], mask=[[1] * 392 + [0] * 392], steps=3, seed=2)
+    assert sync_client.impute_png([digit], [mask], steps=2).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="masks"):
+        sync_client.impute([digit])
+    d = sync_client.denoise([digit, digit])
+    assert isinstance(d, DecodeResponse) and len(d.images) == 2
+    assert sync_client.denoise_png(pixels=[[0.0] * 784]).startswith(b"\x89PNG")
+    s = sync_client.score([digit], k=5, seed=1)
+    assert isinstance(s, ScoreResponse) and s.binarized and s.results[0].k == 5
+    assert sync_client.score(pixels=[[1.0] * 784], k=5, seed=1) == s  # the card inverts: black = 1
+    with pytest.raises(ModelServeError) as info:
+        sync_client.impute(pixels=[[0.0] * 784], mask=[[1] * 784])
+    assert info.value.status == 422 and "no pixel observed" in info.value.detail
+
+
+async def test_async_client_marginal_methods(model_dir: Path) -> None:
+    app = create_app(test_settings(model_dir))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with AsyncClient("http://testserver", transport=transport, retries=0) as c:
+            import asyncio
+
+            while not await c.ready():
+                await asyncio.sleep(0.01)
+            half = [[1] * 392 + [0] * 392]
+            r = await c.impute(pixels=[[0.0] * 784], mask=half, method="mwg", steps=3, seed=1)
+            assert isinstance(r, ImputeResponse) and r.method == "mwg"
+            png = await c.impute_png(pixels=[[0.0] * 784], mask=half, steps=2)
+            assert png.startswith(b"\x89PNG")
+            assert len((await c.denoise(pixels=[[0.0] * 784])).images) == 1
+            assert (await c.denoise_png(pixels=[[0.0] * 784])).startswith(b"\x89PNG")
+            s = await c.score(pixels=[[0.0] * 784, [1.0] * 784], k=4, seed=3)
+            assert isinstance(s, ScoreResponse) and len(s.results) == 2

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 
-from models.vae import VAE, VAEConfig, kl_standard_normal
+from models.vae import VAE, VAEConfig, impute, kl_standard_normal, scoring_input
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -208,3 +208,81 @@ def test_paper_init_draws_every_parameter_from_n0_001() -> None:
     )  # PyTorch's fan-in init, 1/sqrt(784)
     with pytest.raises(ValueError, match="init"):
         VAEConfig(init="xavier")  # type: ignore[arg-type]
+
+
+# --- marginal inference ---------------------------------------------------------------------
+def _sharp_decoder_broad_encoder() -> VAE:
+    """A 2x3 Bernoulli VAE with a 1-d latent whose q(z|x) is far from p(z|x)."""
+    torch.manual_seed(3)
+    vae = VAE(VAEConfig(image_shape=(2, 3), hidden=8, latent=1)).double()
+    with torch.no_grad():
+        vae.dec_out.weight.mul_(5)
+        vae.enc_log_var.bias.fill_(1.0)
+    return vae
+
+
+@torch.no_grad()
+def test_score_is_the_importance_estimate_and_chunking_does_not_change_it() -> None:
+    vae = _sharp_decoder_broad_encoder()
+    x = torch.tensor([[1.0, 0, 1, 1, 0, 0], [0, 0, 1, 0, 1, 1]], dtype=torch.float64)
+    eps = torch.randn((50, 2, 1), generator=_gen(4), dtype=torch.float64)
+    elbo, log_px = vae.score(x, eps)
+    same = vae.importance_log_likelihood(x, k=50, chunk=50, generator=_gen(4))
+    torch.testing.assert_close(log_px, same)
+    elbo3, log_px3 = vae.score(x, eps, chunk=3)
+    torch.testing.assert_close((elbo3, log_px3), (elbo, log_px))
+    _, exact_elbo = _quadrature(vae, x[:1])
+    many = torch.randn((20_000, 1, 1), generator=_gen(5), dtype=torch.float64)
+    assert vae.score(x[:1], many)[0].item() == pytest.approx(exact_elbo, abs=0.1)
+
+
+def test_scoring_input_binarises_bernoulli_only() -> None:
+    x = torch.tensor([0.0, 0.49, 0.5, 0.9])
+    assert scoring_input(x, "bernoulli").tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert torch.equal(scoring_input(x, "gaussian"), x)
+
+
+@torch.no_grad()
+def test_mwg_samples_the_exact_conditional_where_pseudo_gibbs_does_not() -> None:
+    """E[x_m | x_o] by quadrature over z and a sum over the missing pixels' values, against
+    the chains' answers averaged over many seeds."""
+    vae = _sharp_decoder_broad_encoder()
+    observed = torch.tensor([1.0, 0, 1, 1], dtype=torch.float64)
+    configs = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=torch.float64)
+    joint = torch.tensor([math.exp(_quadrature(vae, torch.cat([observed, c])[None])[0])
+                          for c in configs])  # fmt: skip
+    exact = (joint[:, None] * configs).sum(0) / joint.sum()  # (2,)
+    rows = 300
+    x = torch.cat([observed, torch.zeros(2, dtype=torch.float64)]).expand(rows, -1)
+    missing = torch.tensor([False] * 4 + [True] * 2).expand(rows, -1)
+    answers = {}
+    stats: dict[str, float] = {}
+    for method in ("mwg", "pseudo-gibbs"):
+        gens = [_gen(i) for i in range(rows)]
+        out = impute(vae, x, missing, torch.full((rows,), 200), method, gens, stats)  # type: ignore[arg-type]
+        assert torch.equal(out[:, :4], x[:, :4]), "observed pixels come back unchanged"
+        answers[method] = out[:, 4:].mean(0)
+    assert 0.05 < stats["acceptance"] < 0.95  # from the mwg chains only
+    mwg_error = (answers["mwg"] - exact).abs().max().item()
+    pg_error = (answers["pseudo-gibbs"] - exact).abs().max().item()
+    assert mwg_error < 0.02, (answers, exact)
+    assert pg_error > 2 * mwg_error, (answers, exact)
+
+
+@torch.no_grad()
+def test_impute_rows_are_independent_of_their_batch() -> None:
+    """Each row's answer depends on its own seed and steps only."""
+    vae = VAE(VAEConfig(image_shape=(4, 4), hidden=8, latent=2))
+    x = torch.rand(3, 16, generator=_gen(0))
+    missing = torch.rand(3, 16, generator=_gen(1)) < 0.5
+    steps = torch.tensor([3, 7, 1])
+    for method in ("pseudo-gibbs", "mwg"):
+        together = impute(vae, x, missing, steps, method, [_gen(s) for s in (5, 6, 7)])  # type: ignore[arg-type]
+        for i, seed in enumerate((5, 6, 7)):
+            alone = impute(
+                vae, x[i : i + 1], missing[i : i + 1], steps[i : i + 1], method, [_gen(seed)]
+            )  # type: ignore[arg-type]
+            torch.testing.assert_close(together[i], alone[0], rtol=0, atol=1e-6)
+        assert torch.equal(together[~missing], x[~missing])
+    with pytest.raises(ValueError, match="method"):
+        impute(vae, x, missing, steps, "gibbs", [_gen(0)] * 3)  # type: ignore[arg-type]
