@@ -59,3 +59,10 @@ figures:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Build the image and check it as deployed (minutes; needs a Docker engine; not part of `test`):
+# compose's hardening, healthy, the README's curl examples, SIGTERM drain, compose + Prometheus.
+# deploy/docker_smoke.py lists its steps and options, e.g. SMOKE_ARGS="--keep".
+.PHONY: docker-smoke
+docker-smoke: $(STAMP)
+	$(BIN)/python deploy/docker_smoke.py $(SMOKE_ARGS)
