@@ -207,6 +207,11 @@ def wait_healthy(container: str, timeout: float) -> float:
     raise SmokeError(f"{container} not healthy after {timeout:.0f} s")
 
 
+def resident_memory(container: str) -> str:
+    """Memory in use as Docker reports it (what deploy/k8s's memory limit must cover)."""
+    return "memory: " + docker("stats", "--no-stream", "--format", "{{.MemUsage}}", container)
+
+
 def published_port(container: str, port: int) -> int:
     out = docker("port", container, f"{port}/tcp").splitlines()[0]
     return int(out.rsplit(":", 1)[1])
@@ -489,12 +494,14 @@ def main() -> int:
             api = compose_file()["services"]["api"]
             name = f"modelserve-smoke-{os.getpid()}"
             with container(args.tag, name, api):
-                log(
-                    f"3. running {name} as compose's api: healthy after {wait_healthy(name, 240):.0f} s"
-                )
+                healthy = wait_healthy(name, 240)
+                docker("exec", name, "sleep", "0")  # deploy/k8s's preStop command is there
+                log(f"3. {name}, run as compose's api: healthy after {healthy:.0f} s")
+                log(f"  {resident_memory(name)}")
                 port = published_port(name, 8000)
                 n = run_readme_examples(f"http://127.0.0.1:{port}")
                 log(f"4. the README's {n} curl examples answered as documented")
+                log(f"  {resident_memory(name)} after them")
                 check_drain(name, port)
                 log("5. SIGTERM during a request: drained, exit 0")
 
