@@ -48,7 +48,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smoke_checks import check_answer, readme_curl_commands
+from smoke_checks import check_answer, readme_curl_commands, shipped_cards
 from wheel_index import WheelIndex
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,11 +65,22 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def docker(*args: str, check: bool = True, timeout: float = 600, **kw: Any) -> str:
-    """Run `docker ...`, return its stdout; raise SmokeError with stderr when it fails."""
-    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, **kw)
+def docker(
+    *args: str, check: bool = True, timeout: float = 600, merge_stderr: bool = False, **kw: Any
+) -> str:
+    """Run `docker ...`, return its stdout (with stderr if `merge_stderr`); raise SmokeError
+    with stderr when it fails."""
+    proc = subprocess.run(
+        ["docker", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
     if check and proc.returncode != 0:
-        raise SmokeError(f"docker {' '.join(args[:3])}...: {proc.stderr.strip()[-2000:]}")
+        error = proc.stdout if merge_stderr else proc.stderr
+        raise SmokeError(f"docker {' '.join(args[:3])}...: {error.strip()[-2000:]}")
     return proc.stdout.strip()
 
 
@@ -226,7 +237,7 @@ def container(image: str, name: str, service: dict[str, Any]) -> Iterator[str]:
     try:
         yield name
     except BaseException:
-        print(docker("logs", "--tail", "40", name, check=False, stderr=subprocess.STDOUT))
+        print(docker("logs", "--tail", "40", name, check=False, merge_stderr=True))
         raise
     finally:
         docker("rm", "--force", name, check=False)
@@ -300,7 +311,7 @@ def check_drain(name: str, port: int) -> None:
     exit_code = int(docker("wait", name, timeout=120))
     if exit_code != 0:
         raise SmokeError(f"after SIGTERM the container exited with {exit_code}, not 0")
-    logs = docker("logs", name, stderr=subprocess.STDOUT)
+    logs = docker("logs", name, merge_stderr=True)
     log(
         f"  in-flight request answered 200 ({answer['predictions'][0]['label']}); exit 0 "
         f"{time.monotonic() - signalled:.1f} s after SIGTERM; "
@@ -364,9 +375,10 @@ def smoke_compose(api_image: str, prom_image: str, compose_cmd: list[str], made_
                  ["check", "rules", "/etc/prometheus/alerts.yml"]):  # fmt: skip
         out = docker(
             "run", "--rm", "--volume", f"{deploy}:/etc/prometheus:ro",
-            "--entrypoint", "promtool", prom_image, *what, stderr=subprocess.STDOUT,
+            "--entrypoint", "promtool", prom_image, *what, merge_stderr=True,
         )  # fmt: skip
-        log(f"  promtool {' '.join(what[:2])}: {' '.join(out.split())[-80:]}")
+        summary = "; ".join(ln.strip() for ln in out.splitlines() if "SUCCESS" in ln)
+        log(f"  promtool {' '.join(what[:2])}: {summary}")
 
     data = compose_file()
     services = {k: data["services"][k] for k in ("api", "prometheus")}
@@ -385,9 +397,10 @@ def smoke_compose(api_image: str, prom_image: str, compose_cmd: list[str], made_
     file.write_text(yaml.safe_dump(derived, sort_keys=False))
     project = f"modelserve-smoke-{os.getpid()}"
     base = [*compose_cmd, "--project-name", project, "--file", str(file)]
-    subprocess.run([*base, "up", "--detach"], check=True, capture_output=True, timeout=300)
     try:
-        api = f"{project}_api_1" if "docker-compose" in compose_cmd[0] else f"{project}-api-1"
+        up = subprocess.run([*base, "up", "--detach"], capture_output=True, text=True, timeout=300)
+        if up.returncode != 0:
+            raise SmokeError(f"compose up failed: {up.stderr.strip()[-2000:]}")
         api = docker("ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
                      "--filter", "label=com.docker.compose.service=api")  # fmt: skip
         log(f"  compose: api healthy after {wait_healthy(api, 240):.0f} s")
@@ -397,8 +410,7 @@ def smoke_compose(api_image: str, prom_image: str, compose_cmd: list[str], made_
         target = poll(lambda: modelserve_target_up(prom_url), 90, "modelserve target up")
         rules = get_json(f"{prom_url}/api/v1/rules")["data"]["groups"]
         n_rules = sum(len(g["rules"]) for g in rules)
-        query = f"{prom_url}/api/v1/query?query=modelserve_model_info"
-        models = {r["metric"]["model"] for r in get_json(query)["data"]["result"]}
+        models = poll(lambda: scraped_models(prom_url), 60, "every shipped model scraped")
         log(
             f"  prometheus: target {target['scrapeUrl']} up, {len(rules)} rule groups "
             f"({n_rules} rules) loaded, models scraped: {', '.join(sorted(models))}"
@@ -415,6 +427,13 @@ def absolute_volume(spec: str) -> str:
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as r:
         return json.load(r)
+
+
+def scraped_models(prom_url: str) -> set[str] | None:
+    """Models in Prometheus's latest modelserve_model_info, once every shipped one is there."""
+    query = f"{prom_url}/api/v1/query?query=modelserve_model_info"
+    models = {r["metric"]["model"] for r in get_json(query)["data"]["result"]}
+    return models if set(shipped_cards()) <= models else None
 
 
 def modelserve_target_up(prom_url: str) -> dict[str, Any] | None:
