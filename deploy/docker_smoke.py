@@ -175,6 +175,18 @@ def build_image(tag: str, python_image: str, torch_index: str | None, log_file: 
     )
 
 
+def remove_stage_images(build_log: Path) -> None:
+    """The legacy builder keeps each stage's last image (the `train` stages' too) untagged:
+    remove those of this build that nothing else uses (dangling), never a tagged base image."""
+    if not build_log.is_file():
+        return
+    ids = re.findall(r"^ ---> ([0-9a-f]{12})$", build_log.read_text(errors="replace"), re.M)
+    dangling = set(docker("images", "--filter", "dangling=true", "--quiet", check=False).split())
+    for image in reversed(ids):
+        if image in dangling:
+            docker("image", "rm", image, check=False)
+
+
 # --- 3. run as compose does ---------------------------------------------------------------------
 
 
@@ -502,12 +514,9 @@ def main() -> int:
                 torch_index = index.url
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="smoke-")))
             log(f"2. building {args.tag} (torch from {torch_index or 'the Dockerfile default'})")
-            build_image(
-                args.tag,
-                base,
-                torch_index,
-                Path(tempfile.gettempdir()) / "modelserve-smoke-build.log",
-            )
+            build_log = Path(tempfile.gettempdir()) / "modelserve-smoke-build.log"
+            stack.callback(lambda: None if args.keep else remove_stage_images(build_log))
+            build_image(args.tag, base, torch_index, build_log)
             made.append(args.tag)
 
             api = compose_file()["services"]["api"]
