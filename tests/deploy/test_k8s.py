@@ -2,8 +2,8 @@
 
 No cluster runs in CI. The core objects (Deployment, Service, HPA, PDB, and the pod inside the
 KServe InferenceService) are validated strictly (unknown fields are errors) against the
-Kubernetes OpenAPI schema with kubernetes-validate, for the oldest and the newest version it
-knows; the kustomize overlay is rendered (its JSON patches applied) and validated the same way.
+Kubernetes OpenAPI schema with kubernetes-validate, for Kubernetes 1.30 and for the newest
+release it knows; the kustomize overlay is rendered (its JSON patches applied) and validated the same way.
 Custom resources (ServiceMonitor, InferenceService) have no schema there: their required fields
 and the values the service depends on are checked here. Then what a cluster cannot see: probes
 on routes the app serves, the port the image exposes, the user the image creates, threads
