@@ -18,7 +18,8 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS builder
-# Where torch/torchvision come from: the CPU-only index keeps the image ~1 GB smaller; point it
+# Where torch/torchvision come from: the CPU-only index keeps the image several GB smaller (with
+# the CUDA 13.0 wheels it is 6.0 GB, 4.1 GB of it nvidia-* and triton; docs/deploy.md); point it
 # at a CUDA index (…/whl/cu126, cu128, cu130: whichever the PyTorch index offers for the pinned
 # version) for a GPU image. The versions themselves are pinned by constraints.txt.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu

@@ -67,3 +67,10 @@ DATA_DIR ?= ../shared/datasets
 gpu-bundle: $(STAMP)
 	$(BIN)/python -m training.gpu_run prepare --data-dir $(DATA_DIR) --out data/gpu --wheels .whl
 	du -sh data/gpu .whl
+
+# Build the image and check it as deployed (minutes; needs a Docker engine; not part of `test`):
+# compose's hardening, healthy, the README's curl examples, SIGTERM drain, compose + Prometheus.
+# deploy/docker_smoke.py lists its steps and options, e.g. SMOKE_ARGS="--keep".
+.PHONY: docker-smoke
+docker-smoke: $(STAMP)
+	$(BIN)/python deploy/docker_smoke.py $(SMOKE_ARGS)
