@@ -340,10 +340,11 @@ def test_denoise_and_score_equal_their_routes(
     ref = ours.post("/denoise", files=files(IMAGES), headers=JSON_ACCEPT).json()
     np.testing.assert_allclose(r.as_numpy("images"), ref["images"], rtol=0, atol=1e-6)
 
-    for x, body in [
+    sent: list[tuple[list[triton.InferInput], dict[str, Any]]] = [
         ([tensor("pixels", pixels, binary)], {"json": {"pixels": pixels.tolist()}}),
         ([images], {"files": files(IMAGES)}),
-    ]:
+    ]
+    for x, body in sent:
         r = tc.infer(
             "vae-mnist.score",
             [*x, scalar("k", 20, binary), scalar("seed", 5, binary)],
