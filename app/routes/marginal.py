@@ -2,7 +2,9 @@
 
 Same inputs as /encode (multipart `image` parts or JSON pixels in the model's [0, 1] space),
 same answers as /decode (PNG or JSON by Accept); the work runs through the registry's batchers
-as the predictor's `impute`, `denoise` and `score` operations (`app.marginal`).
+as the predictor's `impute`, `denoise` and `score` operations (`app.marginal`). The limits and
+defaults below (`impute_steps`, `check_score`, `resolve_seed`, `masked_uploads`) are the
+Open Inference Protocol's too (`app.routes.v2_models`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from torch import Tensor
 
 from app import timing
 from app.deps import RegistryDep, SettingsDep
 from app.marginal import ScoreItem
+from app.predictors import VAEPredictor
 from app.routes.uploads import ERRORS, decode_uploads, image_parts_content, infer, read_parts
 from app.routes.vae import (
     JSON,
@@ -38,6 +42,7 @@ from app.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
+from app.settings import Settings
 
 router = APIRouter(tags=["vae"])
 
@@ -77,13 +82,67 @@ IMAGES_BODY = _body(EncodeRequest, {})
 SCORE_BODY = _body(ScoreRequest, {})
 
 
+# --- limits and defaults, shared with the Open Inference Protocol's models ----------------
+def resolve_seed(seed: int | None) -> int:
+    """The given seed (422 outside 0..MAX_SEED), or a random one when none is given."""
+    if seed is None:
+        return secrets.randbelow(2**31)
+    if not 0 <= seed <= MAX_SEED:
+        raise HTTPException(422, f"seed={seed}; it must be between 0 and {MAX_SEED}")
+    return seed
+
+
+def impute_steps(steps: int | None, settings: Settings) -> int:
+    """The chain's sweeps: DEFAULT_STEPS (or max_impute_steps if lower) when not given, 422
+    outside 1..max_impute_steps."""
+    if steps is None:
+        return min(DEFAULT_STEPS, settings.max_impute_steps)
+    if steps < 1:
+        raise HTTPException(422, f"steps={steps}; it must be at least 1")
+    if steps > settings.max_impute_steps:
+        raise HTTPException(
+            422, f"steps={steps} exceeds max_impute_steps={settings.max_impute_steps}"
+        )
+    return steps
+
+
+def check_score(k: int, images: int, settings: Settings) -> None:
+    """422 unless 1 <= k <= max_score_k; 413 past max_score_samples samples in all."""
+    if k < 1:
+        raise HTTPException(422, f"k={k}; it must be at least 1")
+    if k > settings.max_score_k:
+        raise HTTPException(422, f"k={k} exceeds max_score_k={settings.max_score_k}")
+    if k * images > settings.max_score_samples:
+        raise HTTPException(
+            413,
+            f"k={k} x {images} images = {k * images} samples; "
+            f"limit max_score_samples={settings.max_score_samples}",
+        )
+
+
+async def masked_uploads(
+    predictor: VAEPredictor, settings: Settings, images: list[bytes], masks: list[bytes]
+) -> tuple[list[Any], list[Tensor]]:
+    """Image files with one mask file each (white = missing, the image's size) -> the
+    predictor's inputs and (H, W) masks; 422 for a missing or misfit mask."""
+    predictor.check_mask_count(len(images), len(masks))
+    pixels = await decode_uploads(images, predictor, settings)
+    with timing.phase("decode"):
+        decoded = await run_in_threadpool(
+            predictor.decode_masks, images, masks, settings.max_image_pixels
+        )
+    return pixels, decoded
+
+
 def _seed(query: int | None, body: ScoreRequest | None) -> int:
     """The request's seed: query or body (422 when both differ), else a random one."""
     given = body.seed if body is not None else None
     if query is not None and given is not None and query != given:
         raise HTTPException(422, f"seed {query} in the query but {given} in the body")
-    seed = query if query is not None else given
-    return secrets.randbelow(2**31) if seed is None else seed
+    return resolve_seed(query if query is not None else given)
+
+
+# --- routes ----------------------------------------------------------------------------
 
 
 @router.post(
@@ -121,20 +180,11 @@ async def impute(
     the decoder's means over the chain's second half. PNG (grid for several) or JSON."""
     predictor = registry.vae(model)
     media = negotiate(accept)
-    steps = min(DEFAULT_STEPS, settings.max_impute_steps) if steps is None else steps
-    if steps > settings.max_impute_steps:
-        raise HTTPException(
-            422, f"steps={steps} exceeds max_impute_steps={settings.max_impute_steps}"
-        )
+    steps = impute_steps(steps, settings)
     body: ImputeRequest | None = None
     if media_type(request) == "multipart/form-data":
         parts = await read_parts(request, settings, ("image", "mask"))
-        predictor.check_mask_count(len(parts["image"]), len(parts["mask"]))
-        pixels = await decode_uploads(parts["image"], predictor, settings)
-        with timing.phase("decode"):
-            masks = await run_in_threadpool(
-                predictor.decode_masks, parts["image"], parts["mask"], settings.max_image_pixels
-            )
+        pixels, masks = await masked_uploads(predictor, settings, parts["image"], parts["mask"])
     else:
         pixels, body = await read_images(request, settings, predictor, ImputeRequest)
         assert body is not None
@@ -195,15 +245,9 @@ async def score(
     Gaussian one scores the density of the grey levels. Higher is more typical of the
     training data: an out-of-distribution signal, with the caveats of docs/marginal.md."""
     predictor = registry.vae(model)
-    if k > settings.max_score_k:
-        raise HTTPException(422, f"k={k} exceeds max_score_k={settings.max_score_k}")
+    check_score(k, 1, settings)  # k alone, before reading the body
     inputs, body = await read_images(request, settings, predictor, ScoreRequest)
-    if k * len(inputs) > settings.max_score_samples:
-        raise HTTPException(
-            413,
-            f"k={k} x {len(inputs)} images = {k * len(inputs)} samples; "
-            f"limit max_score_samples={settings.max_score_samples}",
-        )
+    check_score(k, len(inputs), settings)
     seed = _seed(seed, body)
     outputs = await infer(
         request, registry, predictor, "score", [ScoreItem(x, k, seed) for x in inputs]

@@ -9,21 +9,28 @@ Shapes: B batch, N classes, C/H/W the classifier's input image, Z latent, D = H*
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from app import oip, timing
+from app.marginal import ScoreItem
 from app.predictors import ClassifierPredictor, Predictor, VAEPredictor
 from app.registry import Registry, UnknownModel
+from app.routes.marginal import (
+    DEFAULT_K,
+    DEFAULT_METHOD,
+    check_score,
+    impute_steps,
+    masked_uploads,
+    resolve_seed,
+)
 from app.routes.uploads import decode_uploads, infer
-from app.routes.vae import MAX_SEED
-from app.schemas import MAX_ABS_LATENT
+from app.schemas import MAX_ABS_LATENT, ImputeMethod
 from app.settings import Settings
 
 
@@ -80,13 +87,27 @@ async def _classify(call: Call, x: dict[str, Any]) -> dict[str, Any]:
     return {"probabilities": _stack(await call.infer("classify", items))}
 
 
-async def _encode(call: Call, x: dict[str, Any]) -> dict[str, Any]:
+def _scalar(x: dict[str, Any], name: str) -> int | None:
+    """An optional INT64 [1] input's value."""
+    return int(x[name][0]) if name in x else None
+
+
+async def _rows(call: Call, a: Any, name: str) -> list[Any]:
+    """FP32 (B, D) rows -> B tensors (1, H, W), as our routes decode JSON pixels."""
     p: VAEPredictor = call.predictor
+    with timing.phase("decode"):
+        return await run_in_threadpool(p.decode_pixels, list(a), name)
+
+
+async def _vae_inputs(call: Call, x: dict[str, Any]) -> list[Any]:
+    """`image` BYTES files or FP32 `pixels` in the model's [0, 1] space -> the VAE's inputs."""
     if "image" in x:
-        items = await call.images(x["image"])
-    else:
-        with timing.phase("decode"):
-            items = await run_in_threadpool(p.decode_pixels, list(x["pixels"]))
+        return await call.images(x["image"])
+    return await _rows(call, x["pixels"], "pixels")
+
+
+async def _encode(call: Call, x: dict[str, Any]) -> dict[str, Any]:
+    items = await _vae_inputs(call, x)
     posterior = await call.infer("encode", items)  # (mean, log_var) per image
     return {"mean": _stack([m for m, _ in posterior]), "log_var": _stack([v for _, v in posterior])}
 
@@ -102,17 +123,68 @@ async def _sample(call: Call, x: dict[str, Any]) -> dict[str, Any]:
     n, limit = int(x["n"][0]), call.settings.max_sample_n
     if not 1 <= n <= limit:
         raise oip.BadTensor(f"n={n}; it must be between 1 and max_sample_n={limit}")
-    seed = int(x["seed"][0]) if "seed" in x else secrets.randbelow(2**31)
-    if not 0 <= seed <= MAX_SEED:
-        raise oip.BadTensor(f"seed={seed}; it must be between 0 and {MAX_SEED}")
-    zs = p.prior_latents(n, seed)
+    zs = p.prior_latents(n, resolve_seed(_scalar(x, "seed")))
     return {"images": _stack(await call.infer("decode", zs)), "z": _stack(zs)}
+
+
+METHODS: tuple[str, ...] = get_args(ImputeMethod)
+
+
+def _method(x: dict[str, Any]) -> str:
+    """The optional BYTES [1] `method` input, one of `METHODS`; /impute's default otherwise."""
+    if "method" not in x:
+        return DEFAULT_METHOD
+    raw = x["method"][0]
+    name = raw.decode(errors="replace")
+    if name not in METHODS:
+        raise oip.BadTensor(f"method {name!r}; it must be one of {', '.join(METHODS)}")
+    return name
+
+
+async def _impute(call: Call, x: dict[str, Any]) -> dict[str, Any]:
+    """As /impute: image files with mask files (white = missing), or pixels with a 0/1 mask."""
+    p: VAEPredictor = call.predictor
+    steps, method = impute_steps(_scalar(x, "steps"), call.settings), _method(x)
+    if "image" in x:
+        pixels, masks = await masked_uploads(p, call.settings, list(x["image"]), list(x["mask"]))
+    else:
+        if not np.isin(x["mask"], (0.0, 1.0)).all():
+            raise oip.BadTensor("mask must hold 0 (observed) or 1 (missing) only")
+        pixels, masks = await _vae_inputs(call, x), await _rows(call, x["mask"], "mask")
+    items = p.impute_items(pixels, masks, steps, method, resolve_seed(_scalar(x, "seed")))
+    return {"images": _stack(await call.infer("impute", items))}
+
+
+async def _denoise(call: Call, x: dict[str, Any]) -> dict[str, Any]:
+    return {"images": _stack(await call.infer("denoise", await _vae_inputs(call, x)))}
+
+
+async def _score(call: Call, x: dict[str, Any]) -> dict[str, Any]:
+    """As /score: (elbo, log p(x)) per image in nats, k importance samples each."""
+    k = _scalar(x, "k")
+    k = DEFAULT_K if k is None else k
+    batch = x["image"] if "image" in x else x["pixels"]
+    check_score(k, len(batch), call.settings)  # before any decoding
+    seed = resolve_seed(_scalar(x, "seed"))
+    items = [ScoreItem(im, k, seed) for im in await _vae_inputs(call, x)]
+    scores = await call.infer("score", items)  # (elbo, log p(x)) per image
+    a = np.array(scores, dtype=np.float32).reshape(-1, 2)  # (B, 2)
+    return {"elbo": a[:, 0].copy(), "log_likelihood": a[:, 1].copy()}
 
 
 IMAGE_FILES = TensorSpec("image", "BYTES", ("B",))
 PIXELS = TensorSpec("pixels", "FP32", ("B", "D"), bounds=(0.0, 1.0))
 LATENTS = TensorSpec("z", "FP32", ("B", "Z"), bounds=(-MAX_ABS_LATENT, MAX_ABS_LATENT))
 IMAGES = TensorSpec("images", "FP32", ("B", "D"))
+MASK_FILES = TensorSpec("mask", "BYTES", ("B",))  # one per image, its size: white = missing
+MASK = TensorSpec("mask", "FP32", ("B", "D"), bounds=(0.0, 1.0))  # 1 = missing, 0 = observed
+SEED = TensorSpec("seed", "INT64", (1,), optional=True)
+IMPUTE_OPTIONS = (
+    TensorSpec("steps", "INT64", (1,), optional=True),
+    SEED,
+    TensorSpec("method", "BYTES", (1,), optional=True),
+)
+SCORE_OPTIONS = (TensorSpec("k", "INT64", (1,), optional=True), SEED)
 
 # kind -> operation -> signature. A classifier serves under its model's name (operation ""),
 # each VAE operation as `<vae>.<op>`; a new operation is one entry here.
@@ -135,11 +207,26 @@ SIGNATURES: dict[str, dict[str, Signature]] = {
         ),
         "decode": Signature(inputs=((LATENTS,),), outputs=(IMAGES,), run=_decode),
         "sample": Signature(
-            inputs=(
-                (TensorSpec("n", "INT64", (1,)), TensorSpec("seed", "INT64", (1,), optional=True)),
-            ),
+            inputs=((TensorSpec("n", "INT64", (1,)), SEED),),
             outputs=(IMAGES, TensorSpec("z", "FP32", ("B", "Z"))),
             run=_sample,
+        ),
+        "impute": Signature(
+            inputs=(
+                (IMAGE_FILES, MASK_FILES, *IMPUTE_OPTIONS),
+                (PIXELS, MASK, *IMPUTE_OPTIONS),
+            ),
+            outputs=(IMAGES,),
+            run=_impute,
+        ),
+        "denoise": Signature(inputs=((IMAGE_FILES,), (PIXELS,)), outputs=(IMAGES,), run=_denoise),
+        "score": Signature(
+            inputs=((IMAGE_FILES, *SCORE_OPTIONS), (PIXELS, *SCORE_OPTIONS)),
+            outputs=(
+                TensorSpec("elbo", "FP32", ("B",)),
+                TensorSpec("log_likelihood", "FP32", ("B",)),
+            ),
+            run=_score,
         ),
     },
 }

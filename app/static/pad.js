@@ -24,6 +24,23 @@ export function imageElement(values, shape, label) {
   return canvas;
 }
 
+/**
+ * RGBA canvas data of `[h, w]` blocks of `s` x `s` pixels -> H*W grey levels in [0, 1]: each
+ * block's mean ITU-R 601 luma, as Pillow's convert("L") weighs the channels.
+ */
+function greys(data, [h, w], s) {
+  const out = new Array(h * w).fill(0);
+  for (let y = 0; y < h * s; y++) {
+    for (let x = 0; x < w * s; x++) {
+      const i = 4 * (y * w * s + x);
+      out[Math.floor(y / s) * w + Math.floor(x / s)] +=
+        0.299 * data[i] + 0.587 * data[i + 1] + 0.114 * data[i + 2];
+    }
+  }
+  const norm = 255 * s * s;
+  return out.map((v) => Math.min(1, v / norm));
+}
+
 // The display canvas holds SCALE x SCALE screen pixels per model pixel (about 280 px a side).
 const DISPLAY = 280;
 const INK_WIDTH = 2.5; // stroke width in model pixels: about MNIST's pen
@@ -156,18 +173,25 @@ export class Pad {
     this.onchange(this);
   }
 
-  /** An uploaded image, converted as the server converts uploads for this card. */
+  /**
+   * An uploaded image, converted as the server converts uploads for this card: straight to
+   * the model's resolution (an image of that size is taken pixel for pixel, not through the
+   * display's scale, whose smoothing would blur it), so the pad holds what the model is given.
+   */
   async load(file) {
     const bitmap = await createImageBitmap(file);
     const [h, w] = this.shape;
+    const small = document.createElement("canvas");
+    small.width = w;
+    small.height = h;
+    const ctx = small.getContext("2d", { willReadFrequently: true });
     const g = this.input.background;
-    this.ctx.fillStyle = `rgb(${g}, ${g}, ${g})`; // what transparency becomes
-    this.ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
-    this.ctx.imageSmoothingQuality = "high";
-    this.ctx.drawImage(bitmap, 0, 0, this.canvas.width, this.canvas.height); // straight to size
+    ctx.fillStyle = `rgb(${g}, ${g}, ${g})`; // what transparency becomes
+    ctx.fillRect(0, 0, w, h);
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(bitmap, 0, 0, w, h); // straight to size
     bitmap.close();
-    // Through the model's resolution, so the pad shows exactly what the model is given.
-    const values = this.pixels();
+    const values = greys(ctx.getImageData(0, 0, w, h).data, this.shape, 1);
     this.setPixels(this.input.invert ? values.map((v) => 1 - v) : values);
     this.mask.fill(0);
     this.drawMask();
@@ -178,17 +202,7 @@ export class Pad {
   pixels() {
     const [h, w] = this.shape;
     const s = this.scale;
-    const data = this.ctx.getImageData(0, 0, w * s, h * s).data;
-    const out = new Array(h * w).fill(0);
-    for (let y = 0; y < h * s; y++) {
-      for (let x = 0; x < w * s; x++) {
-        const i = 4 * (y * w * s + x);
-        out[Math.floor(y / s) * w + Math.floor(x / s)] +=
-          0.299 * data[i] + 0.587 * data[i + 1] + 0.114 * data[i + 2];
-      }
-    }
-    const norm = 255 * s * s;
-    return out.map((v) => Math.min(1, v / norm));
+    return greys(this.ctx.getImageData(0, 0, w * s, h * s).data, this.shape, s);
   }
 
   /** Show H*W values in [0, 1] (an image of the API), each as a block of screen pixels. */

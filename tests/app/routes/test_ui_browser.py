@@ -9,13 +9,16 @@ download (`playwright install`) is never used.
 from __future__ import annotations
 
 import base64
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.app.conftest import LABELS, serve_in_thread, test_settings
 
@@ -128,6 +131,15 @@ def draw(page: Any, pad: str, strokes: list[list[tuple[float, float]]]) -> None:
 SEVEN = [[(0.3, 0.25), (0.7, 0.25), (0.45, 0.8)]]
 
 
+def corner_mask() -> bytes:
+    """A 28x28 mask PNG with the top-left pixel missing (white), the rest observed."""
+    buf = io.BytesIO()
+    mask = Image.new("L", (28, 28), 0)
+    mask.putpixel((0, 0), 255)
+    mask.save(buf, "PNG")
+    return buf.getvalue()
+
+
 def canvas_grey(page: Any, selector: str) -> list[list[int]]:
     """The red channel (the images are grey) of every canvas matching `selector`, in order."""
     return page.locator(selector).evaluate_all(
@@ -170,6 +182,62 @@ def test_inpaint_panel_shows_exactly_when_the_schema_lists_impute(
         page.get_by_role("button", name="Sample").click()
         expect(page.locator("#sample-grid canvas")).to_have_count(16)
         expect(page.locator("#inpaint")).to_be_hidden()
+
+
+def test_erased_digit_is_completed_as_impute_answers(open_page: Any, tiny: str) -> None:
+    """Erase a stroke across an uploaded digit: the completion shown is /impute's answer for
+    the pixels and mask the page holds, with the panel's steps, method and seed."""
+    page = open_page(tiny)
+    models_loaded(page)
+    pad = "#inpaint [data-pad=inpaint]"
+    page.get_by_role("button", name="Complete").click()  # nothing drawn yet
+    expect(page.locator("#inpaint-error")).to_contain_text("is empty")
+    page.set_input_files(f"{pad} input[type=file]", ROOT / "examples/digit.png")
+    page.get_by_role("button", name="Complete").click()  # nothing erased yet
+    expect(page.locator("#inpaint-error")).to_contain_text("Erase part of the digit first")
+    page.locator(pad).get_by_label("Eraser").check()
+    draw(page, pad, [[(0.1, 0.35), (0.9, 0.45)]])  # a band across the digit
+    page.select_option("#inpaint-method", "mwg")
+    page.fill("#inpaint-steps", "20")
+    page.fill("#inpaint-seed", "5")
+    with page.expect_response("**/impute?*") as sent:
+        page.get_by_role("button", name="Complete").click()
+    out = page.locator("#inpaint-out")
+    expect(out).to_have_attribute("aria-label", "Completion of the erased digit")
+    expect(page.locator("#inpaint-error")).to_be_empty()
+    assert sent.value.status == 200
+    query = parse_qs(urlsplit(sent.value.url).query)
+    assert query == {"model": ["vae-mnist"], "steps": ["20"], "method": ["mwg"], "seed": ["5"]}
+
+    # What the page sent: the erased band as the mask, the uploaded digit as the pixels.
+    body = sent.value.request.post_data_json
+    (pixels,), (mask,) = body["pixels"], body["mask"]
+    assert len(pixels) == len(mask) == 28 * 28 and set(mask) == {0, 1}
+    rows = [r for r in range(28) if any(mask[28 * r : 28 * r + 28])]
+    assert rows[0] >= 8 and rows[-1] <= 15 and sum(mask) > 28  # the band, nothing more
+    upload = httpx.post(
+        f"{tiny}/impute",
+        params={"steps": 1, "seed": 0},
+        files=[
+            ("image", ROOT.joinpath("examples/digit.png").read_bytes()),
+            ("mask", corner_mask()),
+        ],
+        headers={"Accept": "application/json"},
+    ).json()["images"][0]  # observed pixels come back as the server decodes the upload
+    assert max(abs(a - b) for a, b in zip(pixels[1:], upload[1:], strict=True)) <= 0.5 / 255
+
+    answer = httpx.post(
+        f"{tiny}/impute",
+        params={"steps": 20, "method": "mwg", "seed": 5},
+        json={"pixels": [pixels], "mask": [mask]},
+        headers={"Accept": "application/json"},
+    ).json()
+    (shown,) = canvas_grey(page, "#inpaint-out")
+    want = [v * 255 for v in answer["images"][0]]
+    assert max(abs(a - b) for a, b in zip(shown, want, strict=True)) <= 0.5 + 1e-6
+    assert answer["method"] == "mwg" and answer["steps"] == 20 and answer["seed"] == 5
+    filled = [i for i, m in enumerate(mask) if m]
+    assert any(abs(shown[i] - round(255 * pixels[i])) > 2 for i in filled)  # erased, then filled
 
 
 def test_dropped_image_shows_the_apis_top_classes_as_bars(open_page: Any, tiny: str) -> None:

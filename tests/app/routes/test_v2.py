@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import re
 import threading
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from fastapi.testclient import TestClient
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from app.images import decode_image
@@ -26,7 +28,9 @@ from tests.app.conftest import LABELS, LATENT, png_bytes, serve_in_thread, test_
 from tests.app.test_main import patch_classifier
 
 IMAGES = [png_bytes(), png_bytes(color=(10, 200, 40)), png_bytes((20, 50), (90, 90, 250))]
-V2_MODELS = ["alexnet-cifar10", "vae-mnist.encode", "vae-mnist.decode", "vae-mnist.sample"]
+D = 28 * 28
+TOP_HALF = np.repeat(np.array([1.0, 0.0], dtype=np.float32), D // 2)  # mask: top half missing
+JSON_ACCEPT = {"Accept": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +55,13 @@ def tc(url: str) -> Iterator[triton.InferenceServerClient]:
 
 def files(blobs: list[bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("image", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)]
+
+
+def png_grey(a: np.ndarray) -> bytes:
+    """(H, W) values in [0, 1] -> a grey PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(np.rint(a * 255).astype(np.uint8), "L").save(buf, "PNG")
+    return buf.getvalue()
 
 
 def tensor(name: str, a: np.ndarray, binary: bool) -> triton.InferInput:
@@ -97,6 +108,30 @@ def test_model_metadata_and_ready_with_and_without_version(
         "vae-mnist.sample": (
             [("n", "INT64", [1]), ("seed", "INT64", [1])],
             [("images", "FP32", [-1, d]), ("z", "FP32", [-1, LATENT])],
+        ),
+        "vae-mnist.impute": (
+            [
+                ("image", "BYTES", [-1]),
+                ("mask", "BYTES", [-1]),
+                ("steps", "INT64", [1]),
+                ("seed", "INT64", [1]),
+                ("method", "BYTES", [1]),
+                ("pixels", "FP32", [-1, d]),
+            ],
+            [("images", "FP32", [-1, d])],
+        ),
+        "vae-mnist.denoise": (
+            [("image", "BYTES", [-1]), ("pixels", "FP32", [-1, d])],
+            [("images", "FP32", [-1, d])],
+        ),
+        "vae-mnist.score": (
+            [
+                ("image", "BYTES", [-1]),
+                ("k", "INT64", [1]),
+                ("seed", "INT64", [1]),
+                ("pixels", "FP32", [-1, d]),
+            ],
+            [("elbo", "FP32", [-1]), ("log_likelihood", "FP32", [-1])],
         ),
     }
     for name, (inputs, outputs) in expected.items():
@@ -232,6 +267,101 @@ def test_decode_and_sample_equal_their_routes(
     ref = ours.get("/sample", params={"n": 4, "seed": 123}, headers=json_accept).json()
     np.testing.assert_allclose(r.as_numpy("z"), ref["z"], atol=0)
     np.testing.assert_allclose(r.as_numpy("images"), ref["images"], atol=1e-6)
+
+
+def scalar(name: str, value: int | str, binary: bool) -> triton.InferInput:
+    """An INT64 [1] input, or a BYTES [1] one for a string."""
+    if isinstance(value, str):
+        return tensor(name, np.array([value.encode()], dtype=object), binary)
+    return tensor(name, np.array([value], dtype=np.int64), binary)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+@pytest.mark.parametrize("method", [None, "mwg"])
+def test_impute_pixels_equal_impute_route(
+    tc: triton.InferenceServerClient, ours: httpx.Client, binary: bool, method: str | None
+) -> None:
+    """Pixels and a 0/1 mask, with steps, seed and (optionally) the method as inputs."""
+    pixels = np.random.default_rng(2).random((2, D), dtype=np.float32)
+    mask = np.stack([TOP_HALF, TOP_HALF[::-1]])  # top half missing, then bottom half
+    inputs = [tensor("pixels", pixels, binary), tensor("mask", mask, binary)]
+    inputs += [scalar("steps", 4, binary), scalar("seed", 7, binary)]
+    if method is not None:
+        inputs.append(scalar("method", method, binary))
+    r = tc.infer("vae-mnist.impute", inputs, outputs=wanted("images", binary=binary))
+    got = r.as_numpy("images")
+    assert got.dtype == np.float32 and got.shape == (2, D)
+    params = {"steps": 4, "seed": 7} | ({"method": method} if method else {})
+    ref = ours.post(
+        "/impute",
+        params=params,
+        json={"pixels": pixels.tolist(), "mask": mask.astype(int).tolist()},
+        headers=JSON_ACCEPT,
+    ).json()
+    assert ref["method"] == (method or "pseudo-gibbs")
+    np.testing.assert_allclose(got, ref["images"], rtol=0, atol=1e-6)
+    observed = mask == 0
+    np.testing.assert_array_equal(got[observed], pixels[observed])  # sent pixels unchanged
+    other = tc.infer("vae-mnist.impute", [*inputs[:3], scalar("seed", 8, binary), *inputs[4:]])
+    assert not np.array_equal(other.as_numpy("images"), got)  # the seed is the chain's
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_impute_image_and_mask_files_equal_impute_route(
+    tc: triton.InferenceServerClient, ours: httpx.Client, binary: bool
+) -> None:
+    rng = np.random.default_rng(3)
+    images = [png_grey(rng.random((28, 28))) for _ in range(2)]
+    masks = [png_grey(np.repeat([[1.0], [0.0]], 14, axis=0) * np.ones((1, 28)))] * 2
+    inputs = [
+        tensor("image", np.array(images, dtype=object), binary=True),
+        tensor("mask", np.array(masks, dtype=object), binary=True),
+        scalar("seed", 3, binary),
+        scalar("steps", 3, binary),
+    ]
+    r = tc.infer("vae-mnist.impute", inputs, outputs=wanted("images", binary=binary))
+    parts = files(images) + [("mask", (f"m{i}.png", m, "image/png")) for i, m in enumerate(masks)]
+    ref = ours.post(
+        "/impute", params={"steps": 3, "seed": 3}, files=parts, headers=JSON_ACCEPT
+    ).json()
+    np.testing.assert_allclose(r.as_numpy("images"), ref["images"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_denoise_and_score_equal_their_routes(
+    tc: triton.InferenceServerClient, ours: httpx.Client, binary: bool
+) -> None:
+    pixels = np.random.default_rng(4).random((3, D), dtype=np.float32)
+    r = tc.infer("vae-mnist.denoise", [tensor("pixels", pixels, binary)])
+    ref = ours.post("/denoise", json={"pixels": pixels.tolist()}, headers=JSON_ACCEPT).json()
+    np.testing.assert_allclose(r.as_numpy("images"), ref["images"], rtol=0, atol=1e-6)
+    images = tensor("image", np.array(IMAGES, dtype=object), binary=True)
+    r = tc.infer("vae-mnist.denoise", [images], outputs=wanted("images", binary=binary))
+    ref = ours.post("/denoise", files=files(IMAGES), headers=JSON_ACCEPT).json()
+    np.testing.assert_allclose(r.as_numpy("images"), ref["images"], rtol=0, atol=1e-6)
+
+    sent: list[tuple[list[triton.InferInput], dict[str, Any]]] = [
+        ([tensor("pixels", pixels, binary)], {"json": {"pixels": pixels.tolist()}}),
+        ([images], {"files": files(IMAGES)}),
+    ]
+    for x, body in sent:
+        r = tc.infer(
+            "vae-mnist.score",
+            [*x, scalar("k", 20, binary), scalar("seed", 5, binary)],
+            outputs=wanted("elbo", "log_likelihood", binary=binary),
+        )
+        ref = ours.post("/score", params={"k": 20, "seed": 5}, **body).json()["results"]
+        assert r.as_numpy("elbo").dtype == np.float32
+        np.testing.assert_allclose(r.as_numpy("elbo"), [s["elbo"] for s in ref], rtol=0, atol=0)
+        np.testing.assert_allclose(
+            r.as_numpy("log_likelihood"), [s["log_likelihood"] for s in ref], rtol=0, atol=0
+        )
+    # without k: /score's default
+    r = tc.infer(
+        "vae-mnist.score", [tensor("pixels", pixels[:1], binary), scalar("seed", 1, binary)]
+    )
+    ref = ours.post("/score?seed=1", json={"pixels": pixels[:1].tolist()}).json()["results"]
+    assert ref[0]["k"] == 100 and r.as_numpy("elbo")[0] == np.float32(ref[0]["elbo"])
 
 
 def test_versioned_infer_and_request_id(
@@ -419,6 +549,54 @@ def test_bad_requests_are_protocol_errors(
     ours: httpx.Client, path: str, body: dict[str, Any], status: int, words: str
 ) -> None:
     assert_oip_error(ours.post(path, json=body), status, words)
+
+
+def _input(name: str, value: Any, datatype: str = "INT64") -> dict[str, Any]:
+    rows = value if isinstance(value, list) else [value]
+    shape = [len(rows), D] if isinstance(rows[0], list) else [1]
+    return {"name": name, "datatype": datatype, "shape": shape, "data": rows}
+
+
+PIXELS = _input("pixels", [[0.5] * D], "FP32")
+MASK = _input("mask", [TOP_HALF.tolist()], "FP32")
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "status", "words"),
+    [
+        ("impute", [PIXELS, _input("mask", [[0.5] * D], "FP32")], 400, "0 (observed) or 1"),
+        ("impute", [PIXELS, _input("mask", [[1.0] * D], "FP32")], 400, "no pixel observed"),
+        ("impute", [PIXELS, _input("mask", ["x"], "BYTES")], 400, "takes image BYTES"),
+        ("impute", [PIXELS], 400, "takes image BYTES [-1] + mask BYTES [-1]"),
+        ("impute", [PIXELS, MASK, _input("steps", 501)], 400, "max_impute_steps=500"),
+        ("impute", [PIXELS, MASK, _input("steps", 0)], 400, "steps=0"),
+        ("impute", [PIXELS, MASK, _input("method", "gibbs", "BYTES")], 400, "pseudo-gibbs, mwg"),
+        ("impute", [PIXELS, MASK, _input("seed", -1)], 400, "seed=-1"),
+        ("score", [PIXELS, _input("k", 1001)], 400, "max_score_k=1000"),
+        ("score", [PIXELS, _input("k", 0)], 400, "k=0"),
+        ("score", [_input("pixels", [[0.0] * D] * 17, "FP32"), _input("k", 1000)], 413,
+         "max_score_samples=16384"),
+        ("score", [_input("pixels", [[1.5] * D], "FP32")], 400, "[0, 1]"),
+        ("denoise", [_input("z", [[0.0] * D], "FP32")], 400, "takes image BYTES"),
+    ],
+    ids=["mask-value", "all-missing", "mask-datatype", "no-mask", "steps-over", "steps-zero",
+         "method", "seed-negative", "k-over", "k-zero", "k-times-images", "pixel-range",
+         "denoise-input"],
+)  # fmt: skip
+def test_marginal_bad_requests_are_protocol_errors(
+    ours: httpx.Client, model: str, inputs: list[dict[str, Any]], status: int, words: str
+) -> None:
+    """Under /impute's and /score's limits, as the protocol's errors (400 where ours say 422)."""
+    r = ours.post(f"/v2/models/vae-mnist.{model}/infer", json={"inputs": inputs})
+    assert_oip_error(r, status, words)
+
+
+def test_mask_file_of_another_size_is_400(tc: triton.InferenceServerClient) -> None:
+    image = tensor("image", np.array([png_grey(np.zeros((28, 28)))], dtype=object), True)
+    mask = tensor("mask", np.array([png_grey(np.ones((28, 20)))], dtype=object), True)
+    with pytest.raises(InferenceServerException) as e:
+        tc.infer("vae-mnist.impute", [image, mask])
+    assert e.value.status() == "400" and "mask 0 is 20x28" in str(e.value.message())
 
 
 def test_bad_binary_bodies_are_400(ours: httpx.Client) -> None:
