@@ -1,0 +1,127 @@
+"""The number format a classifier is served in, chosen once when it is loaded for inference.
+
+bfloat16 keeps float32's exponent range with an 8-bit mantissa: on CUDA devices that support it
+and on CPUs with AMX-BF16 or AVX512-BF16 (`models.hardware.bf16_native`) convolutions and matrix
+products run on native bf16 instructions, with half the weight and activation bytes to move.
+Where bf16 is emulated it is slower than float32, so `auto` never picks it there, and costs
+nothing: nothing is timed. On a CPU whose flags report bf16 the flags do not say how fast this
+build's kernels are for this model (on the 2-core AMD EPYC with AVX512-BF16 and no AMX of some
+of this project's runs, bf16 beat float32 at batch 32 and lost at batch 8 for the full AlexNet,
+`python -m benchmarks.dtype`), so `auto` times both at load, each as it will be served (with its
+own packed fully connected layers, `models.prepack`), and keeps the faster (`fastest`). On CUDA
+bf16 is taken without timing: the devices that support it run it on tensor cores.
+
+float16 is only ever taken when asked for. On a CPU without native float16 arithmetic (none of
+this project's machines has AVX512-FP16 or AMX-FP16) PyTorch computes it correctly but 2-4x
+slower than float32; a model whose float16 forward fails or overflows (`trial_failure`) is
+served in float32 instead, with the reason logged.
+
+Only the network's arithmetic changes: the predictor casts each batch after preprocessing and
+takes the softmax and the top-k in float32 (`app.predictors`). VAEs always run in float32.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from models.hardware import bf16_native
+
+DtypeSetting = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bfloat16", as settings, the API and metrics spell it."""
+    return str(dtype).removeprefix("torch.")
+
+
+def candidates(setting: DtypeSetting, device: torch.device) -> tuple[torch.dtype, ...]:
+    """The formats a classifier on `device` may run in under `setting`, float32 first; more than
+    one means time them (`fastest`). auto: bf16 alone on a CUDA device that supports it,
+    float32 and bf16 on a CPU with native bf16, float32 alone elsewhere."""
+    if setting != "auto":
+        return (DTYPES[setting],)
+    if not bf16_native(device):
+        return (torch.float32,)
+    if device.type == "cuda":
+        return (torch.bfloat16,)
+    return (torch.float32, torch.bfloat16)
+
+
+def slow_format(dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why an explicitly asked-for `dtype` runs slower than float32 on `device` (for a log
+    line), or None when it should not."""
+    if dtype == torch.bfloat16 and not bf16_native(device):
+        return "this device has no native bf16 arithmetic: it is emulated, slower than float32"
+    if dtype == torch.float16 and device.type == "cpu":
+        return (
+            "CPU float16 kernels ran 2-4x slower than float32 on the CPUs measured "
+            "(python -m benchmarks.dtype); bfloat16 is the fast format of CPUs that have one"
+        )
+    return None
+
+
+def trial_failure(model: nn.Module, x: Tensor) -> str | None:
+    """Why `model` cannot serve in its format (its forward on `x` raises, or gives a value that
+    is not finite), or None when it can."""
+    try:
+        with torch.inference_mode():
+            out = model(x)
+    except (RuntimeError, NotImplementedError) as e:  # a kernel missing for this dtype
+        return f"forward failed: {e}"
+    if not torch.isfinite(out).all():
+        return "forward gave values that are not finite (overflow)"
+    return None
+
+
+def forward_ms(
+    models: Mapping[torch.dtype, nn.Module],
+    example: Callable[[int, torch.dtype], Tensor],
+    batches: Sequence[int],
+    repeat: int = 3,
+) -> dict[torch.dtype, list[float]]:
+    """Median milliseconds of each model's forward at each batch size, on `example(batch,
+    dtype)` input, after one call to warm it; the models take turns within every repeat, so a
+    busy spell on a shared machine slows all of them alike."""
+    out: dict[torch.dtype, list[float]] = {dt: [] for dt in models}
+    with torch.inference_mode():
+        for b in batches:
+            xs = {dt: example(b, dt) for dt in models}
+            times: dict[torch.dtype, list[float]] = {dt: [] for dt in models}
+            for dt, m in models.items():
+                m(xs[dt])
+            for _ in range(repeat):
+                for dt, m in models.items():
+                    t = time.perf_counter()
+                    m(xs[dt])
+                    if xs[dt].device.type == "cuda":
+                        torch.cuda.synchronize(xs[dt].device)
+                    times[dt].append(time.perf_counter() - t)
+            for dt in models:
+                out[dt].append(statistics.median(times[dt]) * 1e3)
+    return out
+
+
+def fastest(timings: Mapping[torch.dtype, Sequence[float]], margin: float = 0.05) -> torch.dtype:
+    """The first format (float32) unless another one's forward times, per batch size, have a
+    geometric mean ratio to the first's below 1 - `margin`: latency at batch 1 and throughput
+    at the largest batch count alike, and a tie keeps the exact format."""
+    first, *others = timings
+    best, best_ratio = first, 1.0 - margin
+    for dt in others:
+        ratios = [t / t0 for t, t0 in zip(timings[dt], timings[first], strict=True)]
+        ratio = math.exp(statistics.fmean(math.log(r) for r in ratios))
+        if ratio < best_ratio:
+            best, best_ratio = dt, ratio
+    return best
