@@ -26,13 +26,14 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from models.hardware import bf16_native
 
+K = TypeVar("K")
 DtypeSetting = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -85,32 +86,41 @@ def trial_failure(model: nn.Module, x: Tensor) -> str | None:
     return None
 
 
+def forward_samples(
+    models: Mapping[K, nn.Module],
+    example: Callable[[int, K], Tensor],
+    batches: Sequence[int],
+    repeat: int = 3,
+) -> dict[K, list[list[float]]]:
+    """Milliseconds of each model's forward at each batch size, `repeat` times, on
+    `example(batch, key)` input, after one call to warm it; the models take turns within every
+    repeat, so a busy spell on a shared machine slows all of them alike."""
+    out: dict[K, list[list[float]]] = {k: [] for k in models}
+    with torch.inference_mode():
+        for b in batches:
+            xs = {k: example(b, k) for k in models}
+            for k, m in models.items():
+                m(xs[k])
+                out[k].append([])
+            for _ in range(repeat):
+                for k, m in models.items():
+                    t = time.perf_counter()
+                    m(xs[k])
+                    if xs[k].device.type == "cuda":
+                        torch.cuda.synchronize(xs[k].device)
+                    out[k][-1].append((time.perf_counter() - t) * 1e3)
+    return out
+
+
 def forward_ms(
     models: Mapping[torch.dtype, nn.Module],
     example: Callable[[int, torch.dtype], Tensor],
     batches: Sequence[int],
     repeat: int = 3,
 ) -> dict[torch.dtype, list[float]]:
-    """Median milliseconds of each model's forward at each batch size, on `example(batch,
-    dtype)` input, after one call to warm it; the models take turns within every repeat, so a
-    busy spell on a shared machine slows all of them alike."""
-    out: dict[torch.dtype, list[float]] = {dt: [] for dt in models}
-    with torch.inference_mode():
-        for b in batches:
-            xs = {dt: example(b, dt) for dt in models}
-            times: dict[torch.dtype, list[float]] = {dt: [] for dt in models}
-            for dt, m in models.items():
-                m(xs[dt])
-            for _ in range(repeat):
-                for dt, m in models.items():
-                    t = time.perf_counter()
-                    m(xs[dt])
-                    if xs[dt].device.type == "cuda":
-                        torch.cuda.synchronize(xs[dt].device)
-                    times[dt].append(time.perf_counter() - t)
-            for dt in models:
-                out[dt].append(statistics.median(times[dt]) * 1e3)
-    return out
+    """Median milliseconds of each format's forward at each batch size (`forward_samples`)."""
+    samples = forward_samples(models, example, batches, repeat)
+    return {dt: [statistics.median(ts) for ts in per_batch] for dt, per_batch in samples.items()}
 
 
 def fastest(timings: Mapping[torch.dtype, Sequence[float]], margin: float = 0.05) -> torch.dtype:
