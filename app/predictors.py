@@ -10,7 +10,6 @@ Shapes: B batch, C/H/W image, N classes, Z latent, D = H*W pixels.
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 import math
@@ -27,15 +26,7 @@ from torch import Tensor, nn
 from app import schemas
 from app.images import decode_opened, normalize, stack_pixels
 from models.checkpoint import ModelCard, load_checkpoint
-from models.precision import (
-    DtypeSetting,
-    candidates,
-    dtype_name,
-    fastest,
-    forward_ms,
-    slow_format,
-    trial_failure,
-)
+from models.precision import DtypeSetting, candidates, choose_format, dtype_name
 from models.prepack import packing_summary, prepack_linear, serving_rows
 
 log = logging.getLogger("app.predictors")
@@ -74,38 +65,9 @@ def load_for_inference(
         x = torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(0))
         return x.to(device, dt).contiguous(memory_format=torch.channels_last)
 
-    # Other formats are copies of the float32 model, made before it is packed (a packed layer
-    # cannot be copied); float32 stays first, the reference `fastest` compares with.
-    variants: dict[torch.dtype, nn.Module] = {}
-    for dt in sorted(formats, key=lambda dt: dt == torch.float32):
-        m = model if dt == torch.float32 else copy.deepcopy(model).to(dt)
-        failure = None if dt == torch.float32 else trial_failure(m, example(1, dt))
-        if failure is not None:
-            log.warning("model %s cannot run in %s (%s)", card.name, dtype_name(dt), failure)
-            continue
-        if dtype != "auto" and (slow := slow_format(dt, device)):
-            log.warning("model %s runs in %s as asked: %s", card.name, dtype_name(dt), slow)
-        variants[dt] = _packed(m, card, prepack, max_batch_size)
-    if not variants:  # an explicit format that does not run here
-        log.warning("model %s runs in float32 instead", card.name)
-        variants[torch.float32] = _packed(model, card, prepack, max_batch_size)
-    variants = dict(sorted(variants.items(), key=lambda kv: kv[0] != torch.float32))
-    chosen = next(iter(variants))
-    if len(variants) > 1:
-        batches = sorted({1, max_batch_size})
-        timings = forward_ms(variants, example, batches)
-        chosen = fastest(timings)
-        ms = "; ".join(
-            f"{dtype_name(dt)} " + "/".join(f"{t:.2f}" for t in ts) for dt, ts in timings.items()
-        )
-        log.info(
-            "model %s runs in %s (dtype auto; forward ms at batch %s: %s)",
-            card.name,
-            dtype_name(chosen),
-            "/".join(map(str, batches)),
-            ms,
-        )
-    return variants[chosen], card
+    packed = lambda m: _packed(m, card, prepack, max_batch_size)  # noqa: E731
+    batches = sorted({1, max_batch_size})
+    return choose_format(model, formats, example, packed, batches, card.name, dtype != "auto"), card
 
 
 def _packed(model: nn.Module, card: ModelCard, prepack: Prepack, max_batch_size: int) -> nn.Module:

@@ -22,6 +22,8 @@ takes the softmax and the top-k in float32 (`app.predictors`). VAEs always run i
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 import statistics
 import time
@@ -33,6 +35,7 @@ from torch import Tensor, nn
 
 from models.hardware import bf16_native
 
+log = logging.getLogger("models.precision")
 K = TypeVar("K")
 DtypeSetting = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPES: dict[str, torch.dtype] = {
@@ -135,3 +138,50 @@ def fastest(timings: Mapping[torch.dtype, Sequence[float]], margin: float = 0.05
         if ratio < best_ratio:
             best, best_ratio = dt, ratio
     return best
+
+
+def choose_format(
+    model: nn.Module,
+    formats: Sequence[torch.dtype],
+    example: Callable[[int, torch.dtype], Tensor],
+    prepare: Callable[[nn.Module], nn.Module],
+    batches: Sequence[int],
+    name: str,
+    asked: bool,
+) -> nn.Module:
+    """`model` (float32, unprepared) in the fastest of `formats` that runs (`trial_failure`),
+    each `prepare`d (packed) as it will serve before it is timed at `batches` (`forward_ms`,
+    `fastest`); float32 where none runs. `asked`: the format was set explicitly, so a slow
+    one is logged (`slow_format`). `example(batch, dtype)`: input of the model's shape."""
+    device = next(model.parameters()).device
+    # Other formats are copies of the float32 model, made before it is prepared (a packed
+    # layer cannot be copied); float32 stays first, the reference `fastest` compares with.
+    variants: dict[torch.dtype, nn.Module] = {}
+    for dt in sorted(formats, key=lambda dt: dt == torch.float32):
+        m = model if dt == torch.float32 else copy.deepcopy(model).to(dt)
+        failure = None if dt == torch.float32 else trial_failure(m, example(1, dt))
+        if failure is not None:
+            log.warning("model %s cannot run in %s (%s)", name, dtype_name(dt), failure)
+            continue
+        if asked and (slow := slow_format(dt, device)):
+            log.warning("model %s runs in %s as asked: %s", name, dtype_name(dt), slow)
+        variants[dt] = prepare(m)
+    if not variants:  # an explicit format that does not run here
+        log.warning("model %s runs in float32 instead", name)
+        variants[torch.float32] = prepare(model)
+    variants = dict(sorted(variants.items(), key=lambda kv: kv[0] != torch.float32))
+    if len(variants) == 1:
+        return next(iter(variants.values()))
+    timings = forward_ms(variants, example, batches)
+    chosen = fastest(timings)
+    ms = "; ".join(
+        f"{dtype_name(dt)} " + "/".join(f"{t:.2f}" for t in ts) for dt, ts in timings.items()
+    )
+    log.info(
+        "model %s runs in %s (dtype auto; forward ms at batch %s: %s)",
+        name,
+        dtype_name(chosen),
+        "/".join(map(str, batches)),
+        ms,
+    )
+    return variants[chosen]

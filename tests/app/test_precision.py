@@ -15,7 +15,6 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from app import predictors
 from app.main import create_app
 from app.settings import Settings, describe_error
 from models import load_checkpoint, precision, save_checkpoint
@@ -123,7 +122,7 @@ def test_auto_without_native_bf16_serves_float32_and_times_nothing(
         raise AssertionError("auto timed formats on a CPU without native bf16")
 
     monkeypatch.setattr(precision, "bf16_native", lambda device: False)
-    monkeypatch.setattr(predictors, "forward_ms", no_timing)
+    monkeypatch.setattr(precision, "forward_ms", no_timing)
     with _client(model_dir, "auto") as c:
         wait_ready(c)
         assert _dtypes(c) == {"alexnet-cifar10": "float32", "vae-mnist": "float32"}
@@ -133,14 +132,14 @@ def test_auto_with_native_bf16_times_both_and_serves_the_faster(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     timed: list[dict[torch.dtype, list[float]]] = []
-    real = predictors.forward_ms
+    real = precision.forward_ms
 
     def spy(*args: Any, **kwargs: Any) -> dict[torch.dtype, list[float]]:
         timed.append(real(*args, **kwargs))
         return timed[-1]
 
     monkeypatch.setattr(precision, "bf16_native", lambda device: True)
-    monkeypatch.setattr(predictors, "forward_ms", spy)
+    monkeypatch.setattr(precision, "forward_ms", spy)
     with _client(model_dir, "auto") as c:
         wait_ready(c)
         dtypes = _dtypes(c)
