@@ -177,6 +177,7 @@ class ModelInfo(_Body):
     )
     device: str = Field(description="Device it runs on", examples=["cpu"])
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32",  # what servers without MODELSERVE_DTYPE run, for clients of them
         description="Number format its weights and arithmetic run in (MODELSERVE_DTYPE); "
         "probabilities are computed in float32",
         examples=["bfloat16"],
