@@ -5,7 +5,10 @@ channels-last, fully connected layers packed where timing says so) in float32 an
 each also with no packing ("dense"), and times their forwards on the same random batch, taking
 turns within every repeat (`models.precision.forward_samples`), on this machine's CPU with
 `--threads` torch threads. Reports the median and the fastest call (on a shared machine the
-fastest is the better guess at the uncontended time), bf16's speed-up over float32, the largest
+fastest is the better guess at the uncontended time; with `--clock cpu` each call's CPU time,
+which with `--threads 1` is what it takes on an idle core however busy the machine is: wall
+times on a 2-core machine shared with other work say more about the others than about the
+model), bf16's speed-up over float32, the largest
 difference in a softmax probability, and what `MODELSERVE_DTYPE=auto` picks for the model here.
 The default models are the shipped alexnet-cifar10 and the full-size AlexNet (written with
 random weights under runs/bench/models/full by `benchmarks.make_checkpoints` when missing).
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +47,12 @@ VARIANTS = {
 }
 
 
-def measure(directory: Path, batches: list[int], repeat: int) -> list[dict[str, Any]]:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def measure(
+    directory: Path, batches: list[int], repeat: int, clock: str = "wall"
+) -> list[dict[str, Any]]:
     """One row per batch size for the checkpoint in `directory`."""
     top = max(batches)
     models: dict[str, nn.Module] = {}
@@ -60,7 +69,7 @@ def measure(directory: Path, batches: list[int], repeat: int) -> list[dict[str, 
         x = torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(batch))
         return x.to(DTYPES[VARIANTS[name][0]]).contiguous(memory_format=torch.channels_last)
 
-    samples = forward_samples(models, example, batches, repeat)
+    samples = forward_samples(models, example, batches, repeat, CLOCKS[clock])
     rows = []
     with torch.inference_mode():
         for i, b in enumerate(batches):
@@ -84,6 +93,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="batch sizes")
     p.add_argument("--repeat", type=int, default=10, help="timed calls per point (default: 10)")
     p.add_argument(
+        "--clock",
+        choices=list(CLOCKS),
+        default="wall",
+        help="wall time, or the process's CPU time per call (use with --threads 1 on a busy "
+        "machine) (default: %(default)s)",
+    )
+    p.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/dtype.json"), help="JSON output"
     )
     args = p.parse_args(argv)
@@ -93,13 +109,13 @@ def main(argv: list[str] | None = None) -> None:
         full_alexnet(FULL)
     load_before = os.getloadavg()
     print(f"{cpu_model_name()}, bf16 flags {cpu_bf16_flags()}, threads={args.threads}, "
-          f"load average {load_before[0]:.1f}")  # fmt: skip
+          f"{args.clock} clock, load average {load_before[0]:.1f}")  # fmt: skip
     print("| model | batch | fp32 ms | bf16 ms | fp32 dense ms | bf16 dense ms | bf16 speed-up "
           "| fp32 img/s | bf16 img/s | max prob diff | top-1 agree | auto picks |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows: list[dict[str, Any]] = []
     for d in dirs:
-        for r in measure(d, args.batches, args.repeat):
+        for r in measure(d, args.batches, args.repeat, args.clock):
             rows.append(r)
             m, b = r["min_ms"], r["batch"]
             cells = " | ".join(f"{m[k]:.1f} ({r['median_ms'][k]:.0f})" for k in VARIANTS)
@@ -110,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     print("ms: fastest call (median in brackets); speed-up and img/s from the fastest calls")
     from benchmarks.run import machine
 
-    report = {"threads": args.threads, "repeat": args.repeat, "machine": machine(),
+    report = {"threads": args.threads, "repeat": args.repeat, "clock": args.clock, "machine": machine(),
               "bf16_flags": cpu_bf16_flags(), "torch": torch.__version__,
               "load_average": {"before": load_before, "after": os.getloadavg()}, "rows": rows}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -94,10 +94,12 @@ def forward_samples(
     example: Callable[[int, K], Tensor],
     batches: Sequence[int],
     repeat: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[K, list[list[float]]]:
     """Milliseconds of each model's forward at each batch size, `repeat` times, on
     `example(batch, key)` input, after one call to warm it; the models take turns within every
-    repeat, so a busy spell on a shared machine slows all of them alike."""
+    repeat, so a busy spell on a shared machine slows all of them alike. `clock`: wall time,
+    or `time.process_time` for the CPU time the calls took (benchmarks on a shared machine)."""
     out: dict[K, list[list[float]]] = {k: [] for k in models}
     with torch.inference_mode():
         for b in batches:
@@ -107,11 +109,11 @@ def forward_samples(
                 out[k].append([])
             for _ in range(repeat):
                 for k, m in models.items():
-                    t = time.perf_counter()
+                    t = clock()
                     m(xs[k])
                     if xs[k].device.type == "cuda":
                         torch.cuda.synchronize(xs[k].device)
-                    out[k][-1].append((time.perf_counter() - t) * 1e3)
+                    out[k][-1].append((clock() - t) * 1e3)
     return out
 
 
