@@ -5,15 +5,16 @@ and on CPUs with AMX-BF16 or AVX512-BF16 (`models.hardware.bf16_native`) convolu
 products run on native bf16 instructions, with half the weight and activation bytes to move.
 Where bf16 is emulated it is slower than float32, so `auto` never picks it there, and costs
 nothing: nothing is timed. On a CPU whose flags report bf16 the flags do not say how fast this
-build's kernels are for this model (on the 2-core AMD EPYC with AVX512-BF16 and no AMX of some
-of this project's runs, bf16 beat float32 at batch 32 and lost at batch 8 for the full AlexNet,
+build's kernels are for this model at these batch sizes (on the 2-core AMD EPYC with AVX512-BF16
+and no AMX of this project's runs, bf16 ran the AlexNets 1.4-1.75x faster in CPU time, yet 0.6x
+as fast at batch 1 by the wall clock while other work shared the cores;
 `python -m benchmarks.dtype`), so `auto` times both at load, each as it will be served (with its
 own packed fully connected layers, `models.prepack`), and keeps the faster (`fastest`). On CUDA
 bf16 is taken without timing: the devices that support it run it on tensor cores.
 
 float16 is only ever taken when asked for. On a CPU without native float16 arithmetic (none of
-this project's machines has AVX512-FP16 or AMX-FP16) PyTorch computes it correctly but 2-4x
-slower than float32; a model whose float16 forward fails or overflows (`trial_failure`) is
+this project's machines has AVX512-FP16 or AMX-FP16) PyTorch computes it correctly but 2.5-5x
+slower than float32 (the AlexNets at batch 1 and 8, CPU time on one AMD EPYC thread); a model whose float16 forward fails or overflows (`trial_failure`) is
 served in float32 instead, with the reason logged.
 
 Only the network's arithmetic changes: the predictor casts each batch after preprocessing and
@@ -70,8 +71,8 @@ def slow_format(dtype: torch.dtype, device: torch.device) -> str | None:
         return "this device has no native bf16 arithmetic: it is emulated, slower than float32"
     if dtype == torch.float16 and device.type == "cpu":
         return (
-            "CPU float16 kernels ran 2-4x slower than float32 on the CPUs measured "
-            "(python -m benchmarks.dtype); bfloat16 is the fast format of CPUs that have one"
+            "CPUs without AVX512-FP16 compute float16 2.5-5x slower than float32 "
+            "(docs/precision.md); bfloat16 is the fast format of CPUs that have one"
         )
     return None
 
