@@ -111,8 +111,8 @@ class Metrics:
             self.rejected.labels(reason)
         self.model_info = Gauge(
             "modelserve_model_info",
-            "Loaded models (value 1), with their card's identity.",
-            ["model", "architecture", "dataset", "device", "weights_sha256"],
+            "Loaded models (value 1), with their card's identity and the number format they run in.",
+            ["model", "architecture", "dataset", "device", "weights_sha256", "dtype"],
             registry=r,
             multiprocess_mode="max",
         )

@@ -27,6 +27,7 @@ from app import schemas
 from app.images import decode_mask, decode_opened, normalize, open_image, stack_pixels
 from app.marginal import ImputeItem, ScoreItem, float32, impute_batch, score_batch
 from models.checkpoint import ModelCard, load_checkpoint
+from models.precision import DtypeSetting, candidates, choose_format, dtype_name
 from models.prepack import packing_summary, prepack_linear, serving_rows
 from models.vae import VAE
 
@@ -40,23 +41,53 @@ def load_for_inference(
     channels_last: bool = True,
     prepack: Prepack = False,
     max_batch_size: int = 32,
+    dtype: DtypeSetting = "float32",
 ) -> tuple[nn.Module, ModelCard]:
     """A verified checkpoint on `device`, without gradients, ready to serve: classifiers in
-    channels-last (`channels_last`), fully connected layers packed for oneDNN where the device
-    allows (`prepack`, `models.prepack`: True packs every layer, "auto" each one only for the
-    batch sizes up to `max_batch_size` where it runs faster packed, timed here with the calling
-    thread's torch threads). The benchmarks' in-process ceiling and LitServe contender load
-    through here too, so all three run the same model."""
+    channels-last (`channels_last`) and in the number format `dtype` picks (`models.precision`:
+    auto times float32 against bf16 here on a CPU with native bf16, each packed as it will
+    run), fully connected layers packed for oneDNN where the device allows (`prepack`,
+    `models.prepack`: True packs every layer, "auto" each one only for the batch sizes up to
+    `max_batch_size` where it runs faster packed, timed here with the calling thread's torch
+    threads). VAEs stay in float32. The format chosen is the parameters' dtype. The benchmarks'
+    in-process ceiling and LitServe contender load through here too, so all three run the same
+    model."""
+    device = torch.device(device)
     model, card = load_checkpoint(directory, device)
     model.requires_grad_(False)
-    if channels_last and PREDICTORS[card.architecture].kind == "classifier":
+    classifier = PREDICTORS[card.architecture].kind == "classifier"
+    if channels_last and classifier:
         model = model.to(memory_format=torch.channels_last)
+    formats = candidates(dtype, device) if classifier else (torch.float32,)
+    if not classifier and dtype not in ("auto", "float32"):
+        log.info("model %s runs in float32: VAEs do under every MODELSERVE_DTYPE", card.name)
+
+    def example(batch: int, dt: torch.dtype) -> Tensor:  # (B, C, H, W) random input
+        c, (h, w) = card.input.channels, card.input.size
+        x = torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(0))
+        return x.to(device, dt).contiguous(memory_format=torch.channels_last)
+
+    packed = lambda m: _packed(m, card, prepack, max_batch_size)  # noqa: E731
+    batches = sorted({1, max_batch_size})
+    return choose_format(model, formats, example, packed, batches, card.name, dtype != "auto"), card
+
+
+def _packed(model: nn.Module, card: ModelCard, prepack: Prepack, max_batch_size: int) -> nn.Module:
+    """`model` with its fully connected layers packed as `prepack` says (`load_for_inference`)."""
     if prepack:
         rows = serving_rows(max_batch_size) if prepack == "auto" else None
         prepack_linear(model, rows=rows)
         layers = ", ".join(f"{k} {v}" for k, v in packing_summary(model).items())
-        log.info("model %s, fully connected layers (prepack %s): %s", card.name, prepack, layers)
-    return model, card
+        dt = dtype_name(model_dtype(model))
+        log.info(
+            "model %s, %s fully connected layers (prepack %s): %s", card.name, dt, prepack, layers
+        )
+    return model
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The number format a loaded model runs in: its parameters' (`load_for_inference`)."""
+    return next(model.parameters()).dtype
 
 
 class PayloadError(ValueError):
@@ -73,6 +104,7 @@ class Predictor(ABC):
         self.model = model
         self.card = card
         self.device = device
+        self.dtype = model_dtype(model)  # chosen at load; batches are cast to it
         self.name = card.name
 
     @classmethod
@@ -84,11 +116,12 @@ class Predictor(ABC):
         compile: bool = False,
         prepack: Prepack = False,
         max_batch_size: int = 32,
+        dtype: DtypeSetting = "float32",
     ) -> Predictor:
         """Load a verified checkpoint onto `device` (`load_for_inference`) and build the
         predictor of its kind; not packed with `compile`, which cannot trace the packed weight."""
         model, card = load_for_inference(
-            directory, device, channels_last, False if compile else prepack, max_batch_size
+            directory, device, channels_last, False if compile else prepack, max_batch_size, dtype
         )
         predictor = PREDICTORS[card.architecture](model, card, device)
         if compile:
@@ -176,6 +209,7 @@ class Predictor(ABC):
             code_version=c.code_version,
             created_at=c.created_at,
             device=str(self.device),
+            dtype=dtype_name(self.dtype),  # type: ignore[arg-type]
             default=default,
         )
 
@@ -192,9 +226,11 @@ class ClassifierPredictor(Predictor):
 
     @torch.inference_mode()
     def predict_classify(self, items: list[Tensor]) -> list[Tensor]:
-        # (B, C, H, W); channels-last already when built from decoded uploads (a no-op then)
-        x = self._model_batch(items).contiguous(memory_format=torch.channels_last)
-        probs = torch.softmax(self.model(x).float(), dim=1).cpu()  # (B, N), one sync per batch
+        # (B, C, H, W) in the model's format; channels-last already when built from decoded
+        # uploads (a no-op then)
+        x = self._model_batch(items).to(dtype=self.dtype, memory_format=torch.channels_last)
+        # softmax in float32 whatever the model's format; (B, N), one sync per batch
+        probs = torch.softmax(self.model(x).float(), dim=1).cpu()
         return list(probs.unbind(0))
 
     def warmup(self, max_batch_size: int) -> None:

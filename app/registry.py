@@ -25,6 +25,7 @@ from app.metrics import Metrics
 from app.predictors import ClassifierPredictor, Predictor, VAEPredictor
 from app.settings import Settings
 from models.checkpoint import CARD_FILE
+from models.precision import dtype_name
 
 log = logging.getLogger("app.registry")
 
@@ -107,7 +108,13 @@ class Registry:
         for d in self.dirs:
             try:
                 p = Predictor.setup(
-                    d, self.device, s.channels_last, s.compile, s.prepack_linear, s.max_batch_size
+                    d,
+                    self.device,
+                    s.channels_last,
+                    s.compile,
+                    s.prepack_linear,
+                    s.max_batch_size,
+                    s.dtype,
                 )
                 p.warmup(s.max_batch_size)
                 if self.lanes.per_lane != self.threads:  # batches side by side run on fewer
@@ -123,10 +130,16 @@ class Registry:
                 continue
             loaded[p.name] = p
             c = p.card
+            dtype = dtype_name(p.dtype)
             self.metrics.model_info.labels(
-                p.name, c.architecture, c.dataset.name, str(self.device), c.weights_sha256[:12]
+                p.name,
+                c.architecture,
+                c.dataset.name,
+                str(self.device),
+                c.weights_sha256[:12],
+                dtype,
             ).set(1)
-            log.info("model %s loaded from %s on %s", p.name, d, self.device)
+            log.info("model %s loaded from %s on %s in %s", p.name, d, self.device, dtype)
         for name in failed:
             self.metrics.model_load_failed.labels(name).set(1)
         # Published whole, so probes never see a half-built dict.

@@ -236,6 +236,12 @@ class ModelInfo(_Body):
         description="When the checkpoint was written", examples=["2025-01-01T00:00:00+00:00"]
     )
     device: str = Field(description="Device it runs on", examples=["cpu"])
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32",  # what servers without MODELSERVE_DTYPE run, for clients of them
+        description="Number format its weights and arithmetic run in (MODELSERVE_DTYPE); "
+        "probabilities are computed in float32",
+        examples=["bfloat16"],
+    )
     default: bool = Field(description="Whether it is the default of its kind", examples=[True])
 
 

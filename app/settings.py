@@ -68,6 +68,15 @@ class Settings(BaseSettings):
             "packed only for the batch sizes where oneDNN is faster on this CPU; not with compile"
         ),
     )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description=(
+            "Number format of the classifiers' weights and arithmetic (models/precision.py; "
+            "softmax and top-k stay float32, VAEs always run float32); auto: bfloat16 on CUDA "
+            "devices that support it, on a CPU with AMX-BF16 or AVX512-BF16 float32 and bfloat16 "
+            "timed at load and the faster kept, float32 elsewhere (nothing timed)"
+        ),
+    )
     max_upload_bytes: int = Field(
         default=16 * 2**20, ge=1024, description="Largest request body, in bytes"
     )

@@ -1,4 +1,5 @@
-"""Fully connected layers packed once into oneDNN's weight layout, for float32 CPU inference.
+"""Fully connected layers packed once into oneDNN's weight layout, for CPU inference in float32
+or bfloat16 (on CPUs with native bf16, `models.hardware.bf16_native`; `models.precision`).
 
 `nn.Linear` on the CPU calls the BLAS sgemm of the torch build (MKL in the x86 wheels) on
 every forward; oneDNN's kernels, which torch also ships, run the same layer on a weight
@@ -28,8 +29,8 @@ The packed layer is inference only: unless it keeps a dense weight for small bat
 the bias and the packed weight, not the dense weight (the full AlexNet would hold its 234 MB of
 fc weights twice). It has no state_dict to save, cannot be copied, moved or converted (each
 raises, naming the fix: do it before packing), and raises when its input needs a gradient
-while autograd records. Results are float32 and agree with `nn.Linear` to rounding (the sums
-run in another order): within 4.3e-6 on the shipped models' outputs.
+while autograd records. Results are in the weight's format and agree with `nn.Linear` to
+rounding (the sums run in another order): within 4.3e-6 on the shipped models' float32 outputs.
 """
 
 from __future__ import annotations
@@ -43,13 +44,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.hardware import bf16_native
+
 
 def can_prepack(device: torch.device | str, dtype: torch.dtype = torch.float32) -> bool:
-    """Whether this torch build packs weights for `device` and `dtype`: float32 on a CPU with
-    oneDNN (mkldnn) compiled in."""
+    """Whether this torch build packs weights for `device` and `dtype`: float32, or bfloat16
+    where the CPU has native bf16 instructions, on a CPU with oneDNN (mkldnn) compiled in."""
+    device = torch.device(device)
     return (
-        torch.device(device).type == "cpu"
-        and dtype == torch.float32
+        device.type == "cpu"
+        and (dtype == torch.float32 or (dtype == torch.bfloat16 and bf16_native(device)))
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -148,7 +152,7 @@ def packing_threshold(
     dense_ms, packed_ms = [], []
     with torch.inference_mode():
         for r in rows:
-            x = torch.randn(r, linear.in_features, generator=gen)
+            x = torch.randn(r, linear.in_features, generator=gen).to(linear.weight.dtype)
             dense_ms.append(_median_ms(linear, x, repeat))
             packed_ms.append(_median_ms(packed, x, repeat))
     return threshold_from_timings(rows, dense_ms, packed_ms, margin)
@@ -182,9 +186,9 @@ def _pack(linear: nn.Linear, rows: Sequence[int] | None) -> PackedLinear | None:
 def prepack_linear(
     model: nn.Module, min_weights: int = 0, rows: Sequence[int] | None = None
 ) -> int:
-    """Replace, in place, every `nn.Linear` of an eval-mode float32 CPU model holding at least
-    `min_weights` weights by a `PackedLinear`; returns how many were replaced (0 where the build
-    or the device cannot pack).
+    """Replace, in place, every `nn.Linear` of an eval-mode CPU model (float32, or bfloat16
+    where `can_prepack` allows) holding at least `min_weights` weights by a `PackedLinear`;
+    returns how many were replaced (0 where the build or the device cannot pack).
 
     With `rows` (the batch sizes the model will run, e.g. `serving_rows(32)`), each layer is
     timed first (`packing_threshold`): one that runs no faster packed stays as it is, one that

@@ -24,9 +24,11 @@ from torch.utils.data.distributed import DistributedSampler
 
 from models.alexnet import PRESETS, AlexNet
 from models.checkpoint import DatasetInfo, InputSpec, ModelCard, load_checkpoint
+from models.precision import DTYPES
 from training.augment import center_crop, compute_pca_stats, pca_color_noise, random_crop_flip
 from training.classification import (
     confusion_matrix,
+    format_errors,
     normalize,
     predict_loader,
     predict_small,
@@ -373,6 +375,16 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=250, help="images per forward pass (default: %(default)s)"
     )
     p.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="float32",
+        help="also evaluate with the weights and activations in this number format, as "
+        "MODELSERVE_DTYPE serves them: stored as val_top1_err_<dtype>, val_top5_err_<dtype> "
+        "and the difference to float32 on the same images: val_top1_err_delta_<dtype>, "
+        "val_top1_agree_<dtype> (fraction with the same top class), val_prob_max_diff_<dtype> "
+        "(default: %(default)s, float32 only)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=4,
@@ -419,17 +431,22 @@ def evaluate_checkpoint(args: argparse.Namespace) -> ModelCard:
             f"{total} images of {card.labels[:3]}...: not the same data, so not the same split"
         )
     _, va = split_indices(total, n_val, seed)
-    if t.get("preset", "alexnet-small") == "alexnet-small":
-        x, labels = data.images[va], data.labels[va]
-        scores = predict_small(
-            model, x, mean, std, crop, args.ten_crop, args.batch_size, progress=progress
-        )
-    else:
+
+    def predict(m: nn.Module) -> tuple[Tensor, Tensor]:  # probabilities (N, C), labels (N,)
+        if t.get("preset", "alexnet-small") == "alexnet-small":
+            x, labels = data.images[va], data.labels[va]
+            return predict_small(
+                m, x, mean, std, crop, args.ten_crop, args.batch_size, progress=progress
+            ), labels
         loader = DataLoader(
             Subset(folder, va.tolist()), batch_size=args.batch_size, num_workers=args.workers
         )
-        scores, labels = predict_loader(
-            model, loader, mean, std, crop, args.ten_crop, progress=progress
-        )
-    metrics = val_errors(scores, labels, "_tencrop" if args.ten_crop else "")
+        return predict_loader(m, loader, mean, std, crop, args.ten_crop, progress=progress)
+
+    suffix = "_tencrop" if args.ten_crop else ""
+    scores, labels = predict(model)
+    metrics = val_errors(scores, labels, suffix)
+    if args.dtype != "float32":  # the same images again, the weights cast to that format
+        low, _ = predict(model.to(DTYPES[args.dtype]))
+        metrics |= format_errors(scores, low, labels, f"{suffix}_{args.dtype}")
     return update_card(args.checkpoint, card, metrics)

@@ -48,7 +48,8 @@ def predict_small(
         x = images[i : i + batch_size].to(p.device).float().div_(255)
         views = ten_crop(x, crop) if use_ten_crop else center_crop(x, crop)[None]  # (V, B, 3, c, c)
         v, b = views.shape[:2]
-        logits = model(normalize(views.flatten(0, 1), mean, std))  # (V*B, C)
+        # (V*B, C), in the model's number format (eval-alexnet --dtype); softmax in float32
+        logits = model(normalize(views.flatten(0, 1), mean, std).to(p.dtype))
         out.append(logits.float().softmax(-1).view(v, b, -1).mean(0))
     return torch.cat(out)
 
@@ -84,3 +85,16 @@ def val_errors(scores: Tensor, labels: Tensor, suffix: str = "") -> dict[str, fl
     """Top-1 and top-5 error as the card records them: val_top1_err{suffix}, val_top5_err{suffix}."""
     errors = topk_errors(scores, labels.to(scores.device))
     return {f"val_top1_err{suffix}": errors[1], f"val_top5_err{suffix}": errors[5]}
+
+
+def format_errors(ref: Tensor, scores: Tensor, labels: Tensor, suffix: str) -> dict[str, float]:
+    """Top-1/top-5 error of `scores` from a run in another number format (`suffix`, e.g.
+    "_bfloat16") and how it differs from the float32 run `ref` on the same images: the change
+    in top-1 error, the fraction of images whose top class is the same, the largest
+    difference in any probability."""
+    errors, base = val_errors(scores, labels, suffix), val_errors(ref, labels)
+    return errors | {
+        f"val_top1_err_delta{suffix}": errors[f"val_top1_err{suffix}"] - base["val_top1_err"],
+        f"val_top1_agree{suffix}": (scores.argmax(1) == ref.argmax(1)).float().mean().item(),
+        f"val_prob_max_diff{suffix}": (scores - ref).abs().max().item(),
+    }

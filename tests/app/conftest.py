@@ -98,6 +98,7 @@ def test_settings(model_dir: Path, **overrides: object) -> Settings:
         batch_timeout_ms=5.0,
         max_queue=64,
         log_level="WARNING",
+        dtype="float32",  # answers compared with float32 references; tests/app/test_precision.py
     )
     return Settings(**(base | overrides))  # type: ignore[arg-type]
 

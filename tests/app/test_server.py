@@ -97,6 +97,9 @@ def start_slow_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
             "MODELSERVE_MAX_BATCH_SIZE": "16",
             "MODELSERVE_LOG_LEVEL": "WARNING",
             "MODELSERVE_GRACEFUL_TIMEOUT_S": "30",
+            # the batch time these tests count on is float32's (auto would also time bf16 at
+            # load, 16 slow forwards)
+            "MODELSERVE_DTYPE": "float32",
         }
     )
 

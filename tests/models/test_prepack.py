@@ -1,4 +1,5 @@
-"""Packed fully connected layers: the same outputs as nn.Linear, inference only, CPU float32."""
+"""Packed fully connected layers: the same outputs as nn.Linear, inference only, CPU float32 (and
+bfloat16 where the CPU has native bf16)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,20 @@ def test_packed_linear_is_nn_linear(shape: tuple[int, ...], bias: bool) -> None:
     assert got.shape == ref.shape == (*shape[:-1], 19)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     assert (packed.bias is None) == (not bias)
+
+
+@pytest.mark.skipif(not can_prepack("cpu", torch.bfloat16), reason="CPU without native bf16")
+def test_packed_bf16_linear_is_bf16_nn_linear() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 19).to(torch.bfloat16)
+    packed = PackedLinear(linear)
+    x = torch.randn(8, 64).to(torch.bfloat16)
+    with torch.inference_mode():
+        got, ref = packed(x), linear(x)
+        # timed as it runs: bf16 input for a bf16 weight
+        assert packing_threshold(linear, [1, 8], packed, repeat=1) in (None, 1, 8)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref.float(), rtol=2e-2, atol=2e-2)
 
 
 def test_packed_linear_takes_strided_input() -> None:
@@ -122,13 +137,17 @@ def test_packed_layer_cannot_be_saved_copied_or_moved() -> None:
             action()
 
 
-def test_only_eval_mode_float32_cpu_models_are_packed() -> None:
+def test_only_eval_mode_float32_or_native_bf16_cpu_models_are_packed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     with pytest.raises(ValueError, match="eval"):
         prepack_linear(_alexnet().train())
     double = _alexnet().double()
     assert prepack_linear(double) == 0
     assert sum(type(m) is nn.Linear for m in double.modules()) == 3
-    assert not can_prepack("cuda") and not can_prepack("cpu", torch.bfloat16)
+    assert not can_prepack("cuda") and not can_prepack("cpu", torch.float16)
+    monkeypatch.setattr(prepack, "bf16_native", lambda device: False)  # bf16 emulated: slow
+    assert not can_prepack("cpu", torch.bfloat16)
     with pytest.raises(ValueError, match="cannot pack"):
         PackedLinear(nn.Linear(3, 2).double())
 

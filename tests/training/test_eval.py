@@ -60,6 +60,22 @@ def test_eval_alexnet_writes_errors_and_ten_crop(tiny_imagefolder: Path, tmp_pat
         assert m[key] * 6 == pytest.approx(round(m[key] * 6))
 
 
+def test_eval_alexnet_in_bfloat16_records_its_errors_beside_float32(
+    tiny_imagefolder: Path, tmp_path: Path
+) -> None:
+    run = _train_tiny_alexnet(tiny_imagefolder, tmp_path)
+    ev = ["eval-alexnet", str(run / "export"), "--data-dir", str(tiny_imagefolder), "--no-progress"]
+    assert main([*ev, "--dtype", "bfloat16"]) == 0
+    model, card = load_checkpoint(run / "export")  # the weights file is untouched
+    m = card.metrics
+    assert m["val_top1_err_delta_bfloat16"] == pytest.approx(
+        m["val_top1_err_bfloat16"] - m["val_top1_err"]
+    )
+    assert m["val_top5_err_bfloat16"] * 6 == pytest.approx(round(m["val_top5_err_bfloat16"] * 6))
+    assert 0.0 <= m["val_top1_agree_bfloat16"] <= 1.0 and m["val_prob_max_diff_bfloat16"] < 0.1
+    assert next(model.parameters()).dtype == torch.float32
+
+
 def test_eval_alexnet_refuses_other_data(
     tiny_imagefolder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
