@@ -91,6 +91,8 @@ def serve_ours(
            "MODELSERVE_MAX_BATCH_SIZE": str(max_batch_size),
            "MODELSERVE_BATCH_TIMEOUT_MS": str(batch_timeout_ms),
            "MODELSERVE_DEVICE": torch_device_type(device),
+           # the in-process ceiling and LitServe load float32 (`ops.load`): like for like
+           "MODELSERVE_DTYPE": "float32",
            "MODELSERVE_LOG_LEVEL": "WARNING"}  # fmt: skip
     if threads is not None:
         env["MODELSERVE_TORCH_THREADS"] = str(threads)
