@@ -15,7 +15,7 @@ from modelserve_client._calls import (
     ImageInput,
     T,
     error_from,
-    parser,
+    parse_model,
     readiness,
 )
 from modelserve_client.schemas import (
@@ -202,11 +202,11 @@ class AsyncClient(BaseClient):
 
     async def models(self) -> ModelsResponse:
         """Loaded models with their cards, and failed ones."""
-        return await self._send(Call("GET", "/models", parser(ModelsResponse)))
+        return await self._send(Call("GET", "/models", parse_model(ModelsResponse)))
 
     async def model(self, name: str) -> ModelInfo:
         """One loaded model's card."""
-        return await self._send(Call("GET", f"/models/{name}", parser(ModelInfo)))
+        return await self._send(Call("GET", f"/models/{name}", parse_model(ModelInfo)))
 
     async def ready(self) -> bool:
         """Whether /readyz answers 200: False on 503 or no connection; `ModelServeError` on

@@ -74,7 +74,7 @@ class Call(Generic[T]):
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def parser(cls: type[BaseModel]) -> Callable[[httpx.Response], Any]:
+def parse_model(cls: type[BaseModel]) -> Callable[[httpx.Response], Any]:
     return lambda r: cls.model_validate_json(r.content)
 
 
@@ -105,7 +105,7 @@ def _image_answer(
     """How to read an image endpoint's answer, and the Accept header that asks for it."""
     if png:
         return (lambda r: r.content), {"Accept": "image/png"}
-    return parser(model), {"Accept": "application/json"}
+    return parse_model(model), {"Accept": "application/json"}
 
 
 def error_from(r: httpx.Response) -> ModelServeError:
@@ -129,7 +129,7 @@ class Calls:
 
     @staticmethod
     def classify(images: Sequence[ImageInput], top_k: int | None, model: str | None) -> Call[Any]:
-        parse = parser(ClassifyResponse if len(images) == 1 else ClassifyBatchResponse)
+        parse = parse_model(ClassifyResponse if len(images) == 1 else ClassifyBatchResponse)
         files = [_image_part(im, i) for i, im in enumerate(images)]
         return Call("POST", "/classify", parse, _params(top_k=top_k, model=model), files=files)
 
@@ -142,7 +142,7 @@ class Calls:
         model: str | None,
     ) -> Call[EncodeResponse]:
         params = _params(sample=sample, seed=seed, model=model)
-        return _images("/encode", parser(EncodeResponse), params, images, pixels)
+        return _images("/encode", parse_model(EncodeResponse), params, images, pixels)
 
     @staticmethod
     def decode(z: Sequence[Sequence[float]], model: str | None, png: bool) -> Call[Any]:
@@ -190,7 +190,7 @@ class Calls:
         model: str | None,
     ) -> Call[ScoreResponse]:
         params = _params(k=k, seed=seed, model=model)
-        return _images("/score", parser(ScoreResponse), params, images, pixels)
+        return _images("/score", parse_model(ScoreResponse), params, images, pixels)
 
 
 class BaseClient:

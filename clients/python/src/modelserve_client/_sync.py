@@ -15,7 +15,7 @@ from modelserve_client._calls import (
     ImageInput,
     T,
     error_from,
-    parser,
+    parse_model,
     readiness,
 )
 from modelserve_client.schemas import (
@@ -198,11 +198,11 @@ class Client(BaseClient):
 
     def models(self) -> ModelsResponse:
         """Loaded models with their cards, and failed ones."""
-        return self._send(Call("GET", "/models", parser(ModelsResponse)))
+        return self._send(Call("GET", "/models", parse_model(ModelsResponse)))
 
     def model(self, name: str) -> ModelInfo:
         """One loaded model's card."""
-        return self._send(Call("GET", f"/models/{name}", parser(ModelInfo)))
+        return self._send(Call("GET", f"/models/{name}", parse_model(ModelInfo)))
 
     def ready(self) -> bool:
         """Whether /readyz answers 200: False on 503 or no connection; `ModelServeError` on
