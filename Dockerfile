@@ -32,6 +32,9 @@ WORKDIR /src
 COPY constraints.txt ./
 # torch first, in its own layer: the largest download changes only when constraints.txt does.
 RUN pip install --index-url "${TORCH_INDEX_URL}" -c constraints.txt torch torchvision
+# The client package first: the project depends on it (its wire schemas) and no index has it.
+COPY clients/python/ clients/python/
+RUN pip install -c constraints.txt ./clients/python
 COPY pyproject.toml README.md LICENSE ./
 COPY app/ app/
 COPY models/ models/

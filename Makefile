@@ -11,9 +11,10 @@ PORT ?= $(or $(MODELSERVE_PORT),8000)
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ./clients/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
@@ -29,20 +30,20 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy app models training
+	$(BIN)/mypy app models training clients/python/src/modelserve_client
 
 check: lint typecheck test
 
 # Wheels of the dependencies (serve, train, bench, tests) for an offline machine that already
 # has torch, e.g. a GPU node; WHEEL_SKIP names packages it has too. Copy .whl/ there, then
-#   python3 -m pip install --no-index --find-links .whl -e '.[train,bench]' pytest-asyncio schemathesis
+#   python3 -m pip install --no-index --find-links .whl -e ./clients/python -e '.[train,bench]' pytest-asyncio schemathesis
 WHEEL_PYTHON ?= 3.12
 WHEEL_SKIP ?= torch torchvision
 WHEEL_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 any
 wheelhouse: $(STAMP)
 	$(BIN)/python -c 'import re, sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	  reqs = p["dependencies"] + [r for e in ("train", "bench", "dev") for r in p["optional-dependencies"][e]]; \
-	  skip = set(sys.argv[1:]) | {"modelserve", "ruff", "mypy"}; \
+	  skip = set(sys.argv[1:]) | {"modelserve", "modelserve-client", "ruff", "mypy"}; \
 	  print("\n".join(r for r in reqs if re.split(r"[<>=!~;\[ ]", r)[0] not in skip))' $(WHEEL_SKIP) \
 	| xargs -d '\n' $(BIN)/python -m pip download --quiet --only-binary=:all: --dest .whl \
 		--python-version $(WHEEL_PYTHON) $(addprefix --platform ,$(WHEEL_PLATFORMS))

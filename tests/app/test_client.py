@@ -77,7 +77,7 @@ def test_sync_client_raises_the_servers_message(sync_client: Client) -> None:
 def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The sync client's waits between tries, recorded instead of slept."""
     waits: list[float] = []
-    monkeypatch.setattr("app.client.time.sleep", waits.append)
+    monkeypatch.setattr("modelserve_client._sync.time.sleep", waits.append)
     return waits
 
 
@@ -143,7 +143,7 @@ async def test_async_client_retries_like_the_sync_one(monkeypatch: pytest.Monkey
     async def sleep(s: float) -> None:
         slept.append(s)
 
-    monkeypatch.setattr("app.client.asyncio.sleep", sleep)
+    monkeypatch.setattr("modelserve_client._async.asyncio.sleep", sleep)
     answers = iter(["2", "0"])
 
     def handler(request: httpx.Request) -> httpx.Response:

@@ -290,6 +290,22 @@ def test_dockerfile_installs_cpu_torch_pinned_by_constraints(
     assert not any("pip install -e" in a for a in runs)
 
 
+def test_dockerfile_installs_the_client_package_before_the_project(
+    dockerfile: list[tuple[str, str]],
+) -> None:
+    """The project requires modelserve-client, which no index has: the builder copies
+    clients/python into the image and installs it (non-editable) before the project."""
+    builder = stages(dockerfile)["builder"]
+
+    def first(keyword: str, pattern: str) -> int:
+        return next(i for i, (k, a) in enumerate(builder) if k == keyword and re.search(pattern, a))
+
+    copied = first("COPY", r"^clients/python/ clients/python/$")
+    client = first("RUN", r"pip install -c constraints\.txt \./clients/python$")
+    project = first("RUN", r"pip install -c constraints\.txt \.$")
+    assert copied < client < project
+
+
 def test_dockerfile_copy_sources_exist_and_are_in_context(
     dockerfile: list[tuple[str, str]], ignore_patterns: list[str]
 ) -> None:
@@ -455,7 +471,15 @@ def test_dockerignore_keeps_out(ignore_patterns: list[str], path: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["pyproject.toml", "constraints.txt", "README.md", "app/main.py", "models/x/model.safetensors"],
+    [
+        "pyproject.toml",
+        "constraints.txt",
+        "README.md",
+        "app/main.py",
+        "models/x/model.safetensors",
+        "clients/python/pyproject.toml",
+        "clients/python/src/modelserve_client/schemas.py",
+    ],
 )
 def test_dockerignore_keeps_in(ignore_patterns: list[str], path: str) -> None:
     assert not dockerignore_excludes(ignore_patterns, path)

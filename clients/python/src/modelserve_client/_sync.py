@@ -1,0 +1,214 @@
+"""`Client`: the synchronous client, on `httpx.Client`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from modelserve_client._calls import (
+    BaseClient,
+    Call,
+    Calls,
+    ImageInput,
+    T,
+    error_from,
+    parse_model,
+    readiness,
+)
+from modelserve_client.schemas import (
+    ClassifyBatchResponse,
+    ClassifyResponse,
+    DecodeResponse,
+    EncodeResponse,
+    ImputeResponse,
+    ModelInfo,
+    ModelsResponse,
+    SampleResponse,
+    ScoreResponse,
+)
+
+
+class Client(BaseClient):
+    """Synchronous client. `transport` lets tests talk to an in-process app."""
+
+    def __init__(
+        self,
+        base_url: str = "http://localhost:8000",
+        *,
+        timeout: float = 30.0,
+        retries: int = 2,
+        api_key: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(base_url, timeout, retries, api_key)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, headers=self.headers, transport=transport
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, call: Call[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                r: httpx.Response | None = self._http.request(
+                    call.method, call.path, **self._request_kwargs(call)
+                )
+            except httpx.TransportError:
+                r = None
+                if attempt >= self.retries:
+                    raise
+            if r is not None and r.is_success:
+                return call.parse(r)
+            delay = self._retry_delay(attempt, r)
+            if delay is None:
+                assert r is not None
+                raise error_from(r)
+            time.sleep(delay)
+            attempt += 1
+
+    def classify(
+        self, image: ImageInput, top_k: int | None = None, model: str | None = None
+    ) -> ClassifyResponse:
+        """Top-k classes of one image (path, bytes or PIL image)."""
+        result: ClassifyResponse = self._send(Calls.classify([image], top_k, model))
+        return result
+
+    def classify_many(
+        self, images: Sequence[ImageInput], top_k: int | None = None, model: str | None = None
+    ) -> ClassifyBatchResponse:
+        """Top-k classes of several images in one request, results in order."""
+        if len(images) < 2:
+            raise ValueError("classify_many takes two or more images; use classify for one")
+        result: ClassifyBatchResponse = self._send(Calls.classify(images, top_k, model))
+        return result
+
+    def encode(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        sample: bool = False,
+        seed: int | None = None,
+        model: str | None = None,
+    ) -> EncodeResponse:
+        """Posterior mean and log-variance (and z if sample) of images or raw pixels."""
+        return self._send(Calls.encode(images, pixels, sample, seed, model))
+
+    def decode(self, z: Sequence[Sequence[float]], model: str | None = None) -> DecodeResponse:
+        """Decoder mean images (full precision) of latent rows."""
+        result: DecodeResponse = self._send(Calls.decode(z, model, png=False))
+        return result
+
+    def decode_png(self, z: Sequence[Sequence[float]], model: str | None = None) -> bytes:
+        """The decoded images as one PNG (a grid when several)."""
+        result: bytes = self._send(Calls.decode(z, model, png=True))
+        return result
+
+    def sample(
+        self, n: int = 16, seed: int | None = None, model: str | None = None
+    ) -> SampleResponse:
+        """n images from the prior, with the z's and the seed used."""
+        result: SampleResponse = self._send(Calls.sample(n, seed, model, png=False))
+        return result
+
+    def sample_png(self, n: int = 16, seed: int | None = None, model: str | None = None) -> bytes:
+        """n images from the prior as one PNG grid."""
+        result: bytes = self._send(Calls.sample(n, seed, model, png=True))
+        return result
+
+    def impute(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        masks: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        mask: Any = None,
+        steps: int | None = None,
+        method: str | None = None,
+        seed: int | None = None,
+        model: str | None = None,
+    ) -> ImputeResponse:
+        """Images with their missing pixels filled: images= with one mask each (white =
+        missing), or pixels= with mask= (1 = missing); full-precision JSON."""
+        call = Calls.impute(images, masks, pixels, mask, steps, method, seed, model, png=False)
+        result: ImputeResponse = self._send(call)
+        return result
+
+    def impute_png(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        masks: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        mask: Any = None,
+        steps: int | None = None,
+        method: str | None = None,
+        seed: int | None = None,
+        model: str | None = None,
+    ) -> bytes:
+        """The filled images as one PNG (a grid when several)."""
+        call = Calls.impute(images, masks, pixels, mask, steps, method, seed, model, png=True)
+        result: bytes = self._send(call)
+        return result
+
+    def denoise(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        model: str | None = None,
+    ) -> DecodeResponse:
+        """Posterior-mean reconstructions of images or raw pixels, full-precision JSON."""
+        result: DecodeResponse = self._send(Calls.denoise(images, pixels, model, png=False))
+        return result
+
+    def denoise_png(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        model: str | None = None,
+    ) -> bytes:
+        """The reconstructions as one PNG (a grid when several)."""
+        result: bytes = self._send(Calls.denoise(images, pixels, model, png=True))
+        return result
+
+    def score(
+        self,
+        images: Sequence[ImageInput] | None = None,
+        *,
+        pixels: Any = None,
+        k: int | None = None,
+        seed: int | None = None,
+        model: str | None = None,
+    ) -> ScoreResponse:
+        """Lower bound and importance-sampled log p(x) per image, in nats."""
+        return self._send(Calls.score(images, pixels, k, seed, model))
+
+    def models(self) -> ModelsResponse:
+        """Loaded models with their cards, and failed ones."""
+        return self._send(Call("GET", "/models", parse_model(ModelsResponse)))
+
+    def model(self, name: str) -> ModelInfo:
+        """One loaded model's card."""
+        return self._send(Call("GET", f"/models/{name}", parse_model(ModelInfo)))
+
+    def ready(self) -> bool:
+        """Whether /readyz answers 200: False on 503 or no connection; `ModelServeError` on
+        anything else (401: the key is wrong), which says nothing about readiness."""
+        try:
+            r = self._http.get("/readyz")
+        except httpx.TransportError:
+            return False
+        return readiness(r)
