@@ -101,7 +101,7 @@ def model_dir(root: Path) -> tuple[Path, str, str]:
     """One directory holding a classifier and a VAE: (dir, classifier name, VAE name)."""
     root.mkdir(parents=True, exist_ok=True)
     classifier = _link_or_standin(root, "alexnet-cifar10", small_alexnet_standin)
-    vae = _link_or_standin(root, "vae-mnist", vae_standin)
+    vae = _link_or_standin(root, "vae-mnist-paper", vae_standin)
     return root, classifier, vae
 
 

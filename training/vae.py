@@ -61,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="mnist: Bernoulli decoder, dynamic binarisation; frey: Frey Face, Gaussian decoder (default: mnist)",
     )
     p.add_argument(
+        "--name",
+        default=None,
+        help="the model's name in its card and the API (default: vae-<dataset>)",
+    )
+    p.add_argument(
         "--latent",
         type=int,
         default=20,
@@ -248,7 +253,7 @@ def build_task(args: argparse.Namespace, device: torch.device, world_size: int, 
 
     def make_card(metrics: dict[str, float], training: dict[str, Any]) -> ModelCard:
         return ModelCard(
-            name=f"vae-{args.dataset}",
+            name=getattr(args, "name", None) or f"vae-{args.dataset}",
             architecture="vae",
             config=config.to_dict(),
             task="generation",

@@ -506,7 +506,7 @@ def test_dockerignore_keeps_out_everything_git_ignores(
     assert leaked == [], f"git-ignored but in the build context: {leaked}"
 
 
-@pytest.mark.parametrize("name", ["alexnet-cifar10", "vae-frey", "vae-mnist"])
+@pytest.mark.parametrize("name", ["alexnet-cifar10", "vae-frey", "vae-mnist", "vae-mnist-paper"])
 def test_dockerignore_keeps_shipped_checkpoints_in(ignore_patterns: list[str], name: str) -> None:
     for file in ("config.json", "model.safetensors"):
         assert (ROOT / "models" / name / file).is_file()

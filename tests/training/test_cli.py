@@ -61,9 +61,10 @@ def test_the_papers_vae_recipe_flags_reach_the_card_and_the_export_dir(
     run, export = tmp_path / "run", tmp_path / "models" / "mine"
     argv = ["vae", "--data-dir", str(tiny_mnist), "--run-dir", str(run), "--export", str(export)]
     flags = ["--optimizer", "adagrad", "--lr", "0.02", "--weight-decay", "1e-4", "--init", "paper"]
-    assert main([*argv, "--epochs", "1", *flags, *FAST_VAE]) == 0
+    assert main([*argv, "--epochs", "1", *flags, "--name", "vae-mnist-paper", *FAST_VAE]) == 0
     assert not (run / "export").exists()
     model, card = load_checkpoint(export)
+    assert card.name == "vae-mnist-paper"  # --name: served under it beside the default vae-mnist
     assert card.training["optimizer"] == "adagrad" and card.training["lr"] == 0.02
     assert card.training["weight_decay"] == 1e-4 and card.config["init"] == "paper"
     # N(0, 0.01^2) at the start; one epoch of 4 small Adagrad steps keeps them near that
