@@ -44,7 +44,8 @@ from training.data import (
     resolve_image_source,
     split_indices,
 )
-from training.loop import Batches, Task, select_device, update_card
+from training.devices import select_device
+from training.loop import Batches, Task, update_card
 
 SMALL = {"size": 32, "crop": 28}
 FULL = {"size": 256, "crop": 224}

@@ -17,7 +17,8 @@ from pathlib import Path
 from models.checkpoint import CheckpointError
 from training import alexnet, figure2, marginal, vae
 from training.data import DataError
-from training.loop import AMP_MODES, LoopOptions, fit, setup_distributed
+from training.devices import AMP_MODES, setup_distributed
+from training.loop import LoopOptions, fit
 from training.pack import PackError, write_pack
 
 

@@ -41,6 +41,7 @@ from training import alexnet, vae
 from training.cli import build_parser as training_parser
 from training.cli import loop_options
 from training.data import load_mnist
+from training.devices import setup_distributed
 from training.gpu_bundle import (
     PART_BYTES,
     SUMS_FILE,
@@ -51,7 +52,7 @@ from training.gpu_bundle import (
     prepare_inputs,
     unpack_inputs,
 )
-from training.loop import fit, save_state, setup_distributed
+from training.loop import fit, save_state
 from training.timing import StepTimes, synchronize, time_steps
 
 MODELS = ("alexnet", "vae")
