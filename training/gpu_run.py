@@ -37,7 +37,7 @@ from typing import IO, Any
 import torch
 
 from models.vae import VAE
-from training import alexnet, vae
+from training import alexnet, alexnet_eval, vae
 from training.cli import build_parser as training_parser
 from training.cli import loop_options
 from training.data import load_mnist
@@ -192,7 +192,8 @@ def train_one(ns: argparse.Namespace) -> int:
         k, batch, chunk = VAE_EVAL["dry" if dry else "gpu"]
         eargs = ["eval-vae", export, "--data-dir", ns.mnist, "--k", str(k)]
         eargs += ["--batch-size", str(batch), "--chunk", str(chunk)]
-    card = module.evaluate_checkpoint(training_parser().parse_args([*eargs, *common]))
+    evaluator = alexnet_eval if name == "alexnet" else vae
+    card = evaluator.evaluate_checkpoint(training_parser().parse_args([*eargs, *common]))
     result = {
         "model": card.name,
         "plan": plan,
