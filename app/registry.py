@@ -21,9 +21,11 @@ from app import schemas, timing
 from app.batching import Batcher, BatchStats
 from app.images import register_formats
 from app.lanes import Lanes
+from app.loading import load_predictor
 from app.metrics import Metrics
-from app.predictors import ClassifierPredictor, Predictor, VAEPredictor
+from app.predictors import ClassifierPredictor, Predictor
 from app.settings import Settings
+from app.vae_predictor import VAEPredictor
 from models.checkpoint import CARD_FILE
 from models.precision import dtype_name
 
@@ -107,7 +109,7 @@ class Registry:
         failed: dict[str, str] = {}
         for d in self.dirs:
             try:
-                p = Predictor.setup(
+                p = load_predictor(
                     d,
                     self.device,
                     s.channels_last,

@@ -1,6 +1,6 @@
 """Classifier forwards in float32 against bfloat16 (MODELSERVE_DTYPE), in process, per batch size.
 
-Loads each AlexNet checkpoint as the service does (`app.predictors.load_for_inference`:
+Loads each AlexNet checkpoint as the service does (`app.loading.load_for_inference`:
 channels-last, fully connected layers packed where timing says so) in float32 and in bfloat16,
 each also with no packing ("dense"), and times their forwards on the same random batch, taking
 turns within every repeat (`models.precision.forward_samples`), on this machine's CPU with
@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from app.predictors import load_for_inference, model_dtype
+from app.loading import load_for_inference
+from app.predictors import model_dtype
 from benchmarks.make_checkpoints import full_alexnet
 from models.checkpoint import CARD_FILE, ModelCard
 from models.hardware import cpu_bf16_flags, cpu_model_name

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from app.images import decode_opened, normalize, open_image, stack_pixels
-from app.predictors import Prepack, load_for_inference
+from app.loading import Prepack, load_for_inference
 from models.checkpoint import ModelCard
 
 # Same limit as the service's default (app/settings.py max_image_pixels).
@@ -30,7 +30,7 @@ def load(
     max_batch_size: int = 32,
 ) -> tuple[nn.Module, ModelCard]:
     """Load a checkpoint for inference on `device` as the service's defaults do
-    (`app.predictors.load_for_inference`): convolutional models in channels-last, fully
+    (`app.loading.load_for_inference`): convolutional models in channels-last, fully
     connected layers packed for oneDNN on the CPU where that is faster, each optionally."""
     return load_for_inference(model_dir, device, channels_last, prepack, max_batch_size)
 

@@ -31,7 +31,7 @@ from benchmarks.run import machine
 from models.hardware import cpu_bf16_flags
 from training import alexnet, vae
 from training.cli import build_parser, loop_options
-from training.loop import AMP_MODES, select_device
+from training.devices import AMP_MODES, select_device
 from training.timing import time_steps
 
 

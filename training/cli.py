@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from models.checkpoint import CheckpointError
-from training import alexnet, figure2, marginal, vae
+from training import alexnet, alexnet_eval, figure2, marginal, vae
 from training.data import DataError
-from training.loop import AMP_MODES, LoopOptions, fit, setup_distributed
+from training.devices import AMP_MODES, setup_distributed
+from training.loop import LoopOptions, fit
 from training.pack import PackError, write_pack
 
 
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "records and write top-1/top-5 error into its card.",
     )
     _add_eval_arguments(p, "CIFAR-10")
-    alexnet.add_eval_arguments(p)
+    alexnet_eval.add_eval_arguments(p)
     p = sub.add_parser(
         "pack-imagefolder",
         help="pack an ImageFolder tree into one file (for transfer)",
@@ -240,8 +241,8 @@ def _run(args: argparse.Namespace) -> int:
         marginal.run(args)
         return 0
     if args.command in ("eval-vae", "eval-alexnet"):
-        module = vae if args.command == "eval-vae" else alexnet
-        card = module.evaluate_checkpoint(args)
+        evaluator = vae if args.command == "eval-vae" else alexnet_eval
+        card = evaluator.evaluate_checkpoint(args)
         print(json.dumps(card.metrics, indent=2))
         return 0
     if args.command in ("vae", "alexnet"):

@@ -30,7 +30,7 @@ from models.checkpoint import load_checkpoint
 from models.vae import IMPUTE_METHODS, VAE, impute
 from training import plots
 from training.data import DataError, load_mnist
-from training.loop import select_device
+from training.devices import select_device
 from training.vae import binarize_fixed
 
 COMMANDS = ("eval-impute", "eval-ood")

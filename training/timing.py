@@ -16,16 +16,8 @@ from typing import Any
 
 import torch
 
-from training.loop import (
-    LoopOptions,
-    Task,
-    build_optimizer,
-    build_scheduler,
-    place_model,
-    precision,
-    train_step,
-    use_amp,
-)
+from training.devices import place_model, precision, use_amp
+from training.loop import LoopOptions, Task, build_optimizer, build_scheduler, train_step
 
 
 def synchronize(device: torch.device) -> None:

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from models.checkpoint import DatasetInfo, InputSpec, ModelCard, load_checkpoint
 from models.vae import VAE, VAEConfig
 from training.data import TensorBatches, load_frey, load_mnist, split_indices
-from training.loop import Task, select_device, update_card
+from training.devices import select_device
+from training.loop import Task, update_card
 
 TEST_BINARIZE_SEED = 0  # the MNIST test set is binarised once, with this seed
 EVAL_SEED = 1  # fixed sample for the per-epoch test ELBO, so epochs compare like with like

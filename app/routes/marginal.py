@@ -20,7 +20,6 @@ from torch import Tensor
 from app import timing
 from app.deps import RegistryDep, SettingsDep
 from app.marginal import ScoreItem
-from app.predictors import VAEPredictor
 from app.routes.uploads import ERRORS, decode_uploads, image_parts_content, infer, read_parts
 from app.routes.vae import (
     JSON,
@@ -43,6 +42,7 @@ from app.schemas import (
     ScoreResponse,
 )
 from app.settings import Settings
+from app.vae_predictor import VAEPredictor
 
 router = APIRouter(tags=["vae"])
 

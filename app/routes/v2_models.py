@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import oip, timing
 from app.marginal import ScoreItem
-from app.predictors import ClassifierPredictor, Predictor, VAEPredictor
+from app.predictors import ClassifierPredictor, Predictor
 from app.registry import Registry, UnknownModel
 from app.routes.marginal import (
     DEFAULT_K,
@@ -32,6 +32,7 @@ from app.routes.marginal import (
 from app.routes.uploads import decode_uploads, infer
 from app.schemas import MAX_ABS_LATENT, ImputeMethod
 from app.settings import Settings
+from app.vae_predictor import VAEPredictor
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from app import timing
 from app.deps import RegistryDep, SettingsDep
 from app.errors import not_acceptable
 from app.negotiation import choose_media
-from app.predictors import VAEPredictor
 from app.registry import Registry
 from app.routes.uploads import ERRORS, decode_uploads, image_parts_content, infer, read_image_parts
 from app.schemas import (
@@ -26,6 +25,7 @@ from app.schemas import (
     EncodeResponse,
     SampleResponse,
 )
+from app.vae_predictor import VAEPredictor
 
 router = APIRouter(tags=["vae"])
 

@@ -4,7 +4,7 @@ and beat bfloat16? (MODELSERVE_DTYPE would gain an int8 only if both hold.)
 Contenders, all on the shipped alexnet-cifar10 and its validation split (the card's seeded
 5,000 held-out training images, centre crops, as `eval-alexnet` scores them):
 
-* float32 and bfloat16 as the service loads them (`app.predictors.load_for_inference`);
+* float32 and bfloat16 as the service loads them (`app.loading.load_for_inference`);
 * int8 dynamic: `torch.ao.quantization.quantize_dynamic`, fully connected layers only (weights
   int8, activations quantised per batch), convolutions in float32;
 * int8 static: FX graph mode with the x86 backend (`get_default_qconfig_mapping("x86")`,
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from app.predictors import load_for_inference
+from app.loading import load_for_inference
 from benchmarks.dtype import CLOCKS
 from models.alexnet import LocalResponseNorm
 from models.checkpoint import ModelCard, load_checkpoint

@@ -21,7 +21,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from app.predictors import ClassifierPredictor, VAEPredictor
+from app.predictors import ClassifierPredictor
+from app.vae_predictor import VAEPredictor
 from tests.app.conftest import LATENT, make_alexnet, make_vae, png_bytes, test_settings, wait_ready
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is in the dev extra: pip install -e '.[dev]'")

@@ -13,14 +13,8 @@ from torch import Tensor, nn
 from models.alexnet import PRESETS, AlexNet
 from models.vae import VAE, VAEConfig
 from training.data import TensorBatches, split_indices
-from training.loop import (
-    LoopOptions,
-    build_optimizer,
-    build_scheduler,
-    select_device,
-    train,
-    use_amp,
-)
+from training.devices import select_device, use_amp
+from training.loop import LoopOptions, build_optimizer, build_scheduler, train
 
 
 def _one_step(model: nn.Module, batches: TensorBatches, step_fn, opts: LoopOptions) -> None:
@@ -168,7 +162,7 @@ def test_onecycle_schedules_the_learning_rate_and_leaves_momentum_alone(
 def test_no_amp_trains_in_fp32_on_cuda_too() -> None:
     import contextlib
 
-    from training.loop import autocast
+    from training.devices import autocast
 
     cuda = torch.device("cuda")
     assert not use_amp("off", cuda)

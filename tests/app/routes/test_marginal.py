@@ -15,7 +15,7 @@ from PIL import Image
 
 from app.main import create_app
 from app.marginal import ImputeItem, ScoreItem
-from app.predictors import VAEPredictor
+from app.vae_predictor import VAEPredictor
 from models import VAE, InputSpec, ModelCard, VAEConfig, load_checkpoint, save_checkpoint
 from models.checkpoint import DatasetInfo
 from models.vae import impute
