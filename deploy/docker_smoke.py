@@ -15,9 +15,9 @@ still removes what the run made):
 3. run: the compose file's `api` service settings (user, read-only root, tmpfs, dropped
    capabilities, no-new-privileges, environment) on a free port of 127.0.0.1; wait until
    Docker's health check (the image's HEALTHCHECK, which compose repeats) says healthy.
-4. examples: every `curl` line of the README's quick-start block, run as written against the
-   container, each answer checked (status, shape, contents); a README curl line with no check
-   here fails the run, so the two cannot drift apart.
+4. examples: every `curl` line of the README's quick-start block, run as written, each answer
+   checked (a README curl line with no check fails the run); then the probe paths of deploy/k8s,
+   every model ready under /v2, and the page at / with its assets, byte for byte.
 5. drain: a request is half sent, the container gets SIGTERM (as `docker stop` and Kubernetes
    send it), the rest is sent: the answer is a 200 and the container exits 0.
 6. compose: docker-compose brings up `api` and `prometheus` from docker-compose.yml (host ports
@@ -51,7 +51,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smoke_checks import check_answer, readme_curl_commands, shipped_cards
+from smoke_checks import check_answer, check_page, check_probes, readme_curl_commands, shipped_cards
 from smoke_images import (
     ROOT,
     SmokeError,
@@ -366,8 +366,11 @@ def main() -> int:
                 log(f"3. {name}, run as compose's api: healthy after {healthy:.0f} s")
                 log(f"  {resident_memory(name)}")
                 port = published_port(name, 8000)
-                n = run_readme_examples(f"http://127.0.0.1:{port}")
+                url = f"http://127.0.0.1:{port}"
+                n = run_readme_examples(url)
                 log(f"4. the README's {n} curl examples answered as documented")
+                log(f"  {check_probes(url)}")
+                log(f"  {check_page(url)}")
                 log(f"  {resident_memory(name)} after them")
                 check_drain(name, port)
                 log("5. SIGTERM during a request: drained, exit 0")
@@ -382,7 +385,7 @@ def main() -> int:
             else:
                 log(f"6. compose ({' '.join(compose_cmd)}) with {prom}")
                 smoke_compose(args.tag, prom, compose_cmd, scratch)
-        except (SmokeError, subprocess.SubprocessError) as e:
+        except (SmokeError, subprocess.SubprocessError, AssertionError) as e:
             log(f"FAILED: {e}")
             return 1
         finally:

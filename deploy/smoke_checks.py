@@ -3,6 +3,10 @@
 Each README line is matched by its path to one check below; a line no check knows fails the
 smoke run, so a new README example comes with its check. Expected values come from the shipped
 model cards in models/*/config.json (labels, latent size, input size), not from a copy here.
+
+Beyond the README, the image must answer what the manifests probe (every `httpGet` path of
+deploy/k8s and its KServe InferenceService, each shipped model ready under /v2) and serve the
+page at / with every file of app/static, which travel in the image only as package data.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import math
 import re
 import shlex
 import struct
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -222,3 +229,60 @@ def check_answer(command: str, status: int, content_type: str, body: bytes, cwd:
         if re.fullmatch(pattern, call.path):
             return check(call, shipped_cards())
     raise AssertionError(f"no check for {call.path}: add one to deploy/smoke_checks.py")
+
+
+# --- beyond the README: the manifests' probes and the page ---------------------------------------
+
+
+def manifest_probe_paths() -> list[str]:
+    """Every `httpGet` probe path of the Deployment and the KServe InferenceService."""
+    paths: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "httpGet" in node:
+                paths.add(node["httpGet"]["path"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for manifest in ("deploy/k8s/deployment.yaml", "deploy/k8s/kserve/inferenceservice.yaml"):
+        walk(yaml.safe_load((ROOT / manifest).read_text()))
+    return sorted(paths)
+
+
+def fetch(base_url: str, path: str) -> tuple[str, bytes]:
+    """(content type, body) of a GET that must answer 200."""
+    try:
+        with urllib.request.urlopen(base_url + path, timeout=30) as r:
+            return r.headers.get("Content-Type", ""), r.read()
+    except OSError as e:  # HTTPError (any status but 2xx) included
+        raise AssertionError(f"GET {path}: {e}") from None
+
+
+def check_probes(base_url: str) -> str:
+    """The manifests' probes answer 200, and every shipped model is a ready v2 model (a
+    classifier under its name, a VAE's encoder as `{name}.encode`: docs/api.md)."""
+    probes = manifest_probe_paths()
+    for path in probes:
+        fetch(base_url, path)
+    for name, card in shipped_cards().items():
+        v2_name = name if card["task"] == "classification" else f"{name}.encode"
+        assert json.loads(fetch(base_url, f"/v2/models/{v2_name}")[1])["name"] == v2_name
+        assert json.loads(fetch(base_url, f"/v2/models/{v2_name}/ready")[1]) == {"ready": True}
+    return f"probes of deploy/k8s answer 200 ({', '.join(probes)}); every model ready under /v2"
+
+
+def check_page(base_url: str) -> str:
+    """GET / is app/static/index.html and /ui/{name} every other file there, byte for byte:
+    the page is package data, which only a non-editable install (the image's) can lose."""
+    static = ROOT / "app/static"
+    content_type, body = fetch(base_url, "/")
+    assert content_type.startswith("text/html"), content_type
+    assert body == (static / "index.html").read_bytes(), "GET / is not app/static/index.html"
+    assets = sorted(p.name for p in static.iterdir() if p.is_file() and p.name != "index.html")
+    for name in assets:
+        assert fetch(base_url, f"/ui/{name}")[1] == (static / name).read_bytes(), name
+    return f"page / and its {len(assets)} assets served as in app/static"

@@ -15,12 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.app.conftest import serve_in_thread, test_settings
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy"))
 
 from smoke_checks import (  # noqa: E402
     README_CHECKS,
     check_answer,
+    check_page,
+    check_probes,
     readme_curl_commands,
     shipped_cards,
 )
@@ -74,6 +78,18 @@ def test_classify_check_passes_a_good_answer_and_fails_bad_ones(tmp_path: Path) 
     ):
         with pytest.raises(AssertionError):
             check_answer(line, 200, "application/json", bad, tmp_path)
+
+
+def test_probe_and_page_checks_pass_the_shipped_models_and_fail_without_the_page() -> None:
+    """What step 4 asks of the image beyond the README, against the real app serving the
+    shipped models; with the page switched off, its check fails on GET /."""
+    with serve_in_thread(test_settings(ROOT / "models")) as url:
+        assert "/v2/health/ready" in check_probes(url)
+        assert check_page(url).startswith("page / and its")
+    with serve_in_thread(test_settings(ROOT / "models", ui=False)) as url:
+        check_probes(url)
+        with pytest.raises(AssertionError, match="GET /: HTTP Error 404"):
+            check_page(url)
 
 
 # --- wheel_index ------------------------------------------------------------------------------
