@@ -21,27 +21,53 @@ OVERHEAD_RATIO = 1.3  # overhead-bound workloads: our peak req/s over LitServe's
 SINGLE_SLACK_MS = 2.0  # c=1: our p50 minus the in-process single-item time
 
 
-def _workloads(report: dict[str, Any]) -> list[tuple[str, str]]:
-    seen: dict[tuple[str, str], None] = {}
+def _dtype(entry: dict[str, Any]) -> str:
+    """The number format a point or ceiling ran in (float32 for reports from before it was
+    recorded, when every contender ran float32)."""
+    return str(entry.get("dtype") or "float32")
+
+
+def _workloads(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(endpoint, model, number format) of every table, in the order measured."""
+    seen: dict[tuple[str, str, str], None] = {}
     for p in report["points"]:
-        seen[(p["endpoint"], p["model"])] = None
+        seen[(p["endpoint"], p["model"], _dtype(p))] = None
     for c in report["ceiling"]:
-        seen[(c["endpoint"], c["model"])] = None
+        seen[(c["endpoint"], c["model"], _dtype(c))] = None
     return list(seen)
 
 
-def _points(report: dict[str, Any], endpoint: str, model: str, prefix: str) -> list[Point]:
-    """Points of contenders whose name starts with `prefix` (every configuration of one server)."""
+def _tag(report: dict[str, Any], dtype: str) -> str:
+    """ " bfloat16": a workload's format in labels, where the report holds any but float32."""
+    formats = {w[2] for w in _workloads(report)}
+    return "" if formats == {"float32"} else f" {dtype}"
+
+
+def _points(
+    report: dict[str, Any], endpoint: str, model: str, prefix: str, dtype: str = "float32"
+) -> list[Point]:
+    """Points of contenders whose name starts with `prefix` (every configuration of one server)
+    in one number format."""
     return [
         p
         for p in report["points"]
-        if p["endpoint"] == endpoint and p["model"] == model and p["contender"].startswith(prefix)
+        if p["endpoint"] == endpoint
+        and p["model"] == model
+        and p["contender"].startswith(prefix)
+        and _dtype(p) == dtype
     ]
 
 
-def _ceiling(report: dict[str, Any], endpoint: str, model: str) -> dict[str, Any] | None:
+def _ceiling(
+    report: dict[str, Any], endpoint: str, model: str, dtype: str = "float32"
+) -> dict[str, Any] | None:
     return next(
-        (c for c in report["ceiling"] if c["endpoint"] == endpoint and c["model"] == model), None
+        (
+            c
+            for c in report["ceiling"]
+            if c["endpoint"] == endpoint and c["model"] == model and _dtype(c) == dtype
+        ),
+        None,
     )
 
 
@@ -63,10 +89,16 @@ def _bound(ceil: dict[str, Any] | None, concurrency: int) -> dict[str, Any] | No
 
 
 def _best(
-    report: dict[str, Any], endpoint: str, model: str, concurrency: int, prefix: str
+    report: dict[str, Any],
+    endpoint: str,
+    model: str,
+    concurrency: int,
+    prefix: str,
+    dtype: str = "float32",
 ) -> Point | None:
     """One server's best configuration (worker count, threads) at this point, by items/s."""
-    at_c = [p for p in _points(report, endpoint, model, prefix) if p["concurrency"] == concurrency]
+    points = _points(report, endpoint, model, prefix, dtype)
+    at_c = [p for p in points if p["concurrency"] == concurrency]
     return max(at_c, key=lambda p: p["items_per_s"], default=None)
 
 
@@ -93,16 +125,16 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     full = report["models"].get("full", "").rsplit("/", 1)[-1]
     declared = compute_bound_config(report)
-    for endpoint, model in _workloads(report):
+    for endpoint, model, dt in _workloads(report):
         if endpoint == PROBE:
             continue  # the HTTP floor is context, not a target
-        ours = _points(report, endpoint, model, "ours")
-        ceil = _ceiling(report, endpoint, model)
-        theirs = _points(report, endpoint, model, "litserve")
-        label = f"{endpoint} {model}"
+        ours = _points(report, endpoint, model, "ours", dt)
+        ceil = _ceiling(report, endpoint, model, dt)
+        theirs = _points(report, endpoint, model, "litserve", dt)
+        label = f"{endpoint} {model}{_tag(report, dt)}"
         if model == full:
             for c in sorted({p["concurrency"] for p in ours if p["concurrency"] >= 16}):
-                best = _best(report, endpoint, model, c, "ours")
+                best = _best(report, endpoint, model, c, "ours", dt)
                 assert best is not None
                 p = next(
                     (q for q in ours if q["concurrency"] == c and q["contender"] == declared), best
@@ -127,7 +159,7 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                         "value": f"{share:.0%} ({p['items_per_s']} vs {ceil['items_per_s']} img/s, {p['contender']}){context}{aside}",
                         "met": share >= CEILING_SHARE,
                     })  # fmt: skip
-                rival = _best(report, endpoint, model, c, "litserve")
+                rival = _best(report, endpoint, model, c, "litserve", dt)
                 if rival and p["p99_ms"] is not None and rival["p99_ms"] is not None:
                     out.append({
                         "target": f"{label} c={c}: ahead of LitServe at an equal or lower p99",
@@ -151,7 +183,7 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         if single and ceil and single["p50_ms"] is not None:
             gap = single["p50_ms"] - ceil["single_p50_ms"]
             floor = next(
-                (p for p in _points(report, PROBE, model, "ours")
+                (p for p in _points(report, PROBE, model, "ours", dt)
                  if p["contender"] == single["contender"]),
                 None,
             )  # fmt: skip
@@ -170,6 +202,35 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                          f"{floor_note})",
                 "met": gap <= SINGLE_SLACK_MS,
             })  # fmt: skip
+    return out
+
+
+def dtype_ratios(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every contender's items/s in each other format over its float32 items/s at each
+    concurrency, where both ran (the in-process ceiling at each concurrency it has a bound for,
+    `_bound`): what the format buys each server in the same run."""
+    out: list[dict[str, Any]] = []
+    for endpoint, model, dt in _workloads(report):
+        if endpoint == PROBE or dt == "float32":
+            continue
+        base = {(p["contender"], p["concurrency"]): p
+                for p in _points(report, endpoint, model, "", "float32")}  # fmt: skip
+        pairs = [
+            (p["contender"], p["concurrency"], base[key]["items_per_s"], p["items_per_s"])
+            for p in _points(report, endpoint, model, "", dt)
+            if (key := (p["contender"], p["concurrency"])) in base
+        ]
+        ceil, ceil32 = _ceiling(report, endpoint, model, dt), _ceiling(report, endpoint, model)
+        for c in sorted({c for _, c, _, _ in pairs}):
+            here, there = _bound(ceil, c), _bound(ceil32, c)
+            if here and there:
+                pairs.append(("ceiling", c, there["items_per_s"], here["items_per_s"]))
+        for contender, c, fp32, rate in sorted(
+            pairs, key=lambda t: (t[1], not t[0].startswith("ours"), t[0])
+        ):
+            out.append({"endpoint": endpoint, "model": model, "contender": contender,
+                        "concurrency": c, "dtype": dt, "float32_items_per_s": fp32,
+                        "items_per_s": rate, "ratio": rate / fp32 if fp32 else float("inf")})  # fmt: skip
     return out
 
 
@@ -240,19 +301,29 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- LitServe: {cfg['litserve']}; worker counts tried: {cfg['litserve_workers']}",
         f"- ceiling: {cfg['ceiling']}",
         "- inputs: " + "; ".join(f"{k}: {v}" for k, v in report["inputs"].items()),
+        *(
+            [
+                f"- number formats: {', '.join(cfg['dtypes'])} for the classifiers, every "
+                "contender in each (ours with MODELSERVE_DTYPE set to it, the ceiling and "
+                "LitServe loading the same model in it); VAEs in float32, as served"
+            ]
+            if cfg.get("dtypes", ["float32"]) != ["float32"]
+            else []
+        ),
         "",
     ]
-    for endpoint, model in _workloads(report):
-        ceil = _ceiling(report, endpoint, model)
+    for endpoint, model, dt in _workloads(report):
+        ceil = _ceiling(report, endpoint, model, dt)
+        tag = f" · {dt}" if _tag(report, dt) else ""
         if endpoint == PROBE:
-            lines.append(f"## HTTP floor · {model} server")
+            lines.append(f"## HTTP floor · {model} server{tag}")
             lines.append("")
             lines.append(
                 "GET /healthz (ours) or /health (LitServe): no model work, same client; "
                 "what any request pays on this machine before the model runs."
             )
         else:
-            lines.append(f"## /{endpoint} · {model}")
+            lines.append(f"## /{endpoint} · {model}{tag}")
         lines.append("")
         if ceil:
             lines.append(
@@ -300,7 +371,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(
             "|---|---|---|---|---|" + ("---|" if at_c else "") + "---|---|---|---|---|---|"
         )
-        points = [p for p in report["points"] if p["endpoint"] == endpoint and p["model"] == model]
+        points = [
+            p
+            for p in report["points"]
+            if p["endpoint"] == endpoint and p["model"] == model and _dtype(p) == dt
+        ]
         for p in sorted(
             points,
             key=lambda p: (p["concurrency"], not p["contender"].startswith("ours"), p["contender"]),
@@ -318,6 +393,23 @@ def render_markdown(report: dict[str, Any]) -> str:
                 cells.append(f"{p['items_per_s'] / bound['items_per_s']:.0%}" if bound else "-")
             cells += [p["p50_ms"], p["p95_ms"], p["p99_ms"], p.get("server_p50_ms"), errors,
                       p.get("load_avg_1m")]  # fmt: skip
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        lines.append("")
+    ratios = report.get("dtype_ratios") or dtype_ratios(report)
+    if ratios:
+        lines += [
+            "## Number formats side by side",
+            "",
+            "Each contender's items/s in a format over its items/s in float32, in the same run "
+            "(the in-process bound at each c for the ceiling).",
+            "",
+            "| workload | c | contender | float32 items/s | format | items/s | ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in ratios:
+            name = f"**{r['contender']}**" if r["contender"].startswith("ours") else r["contender"]
+            cells = [f"/{r['endpoint']} · {r['model']}", r["concurrency"], name,
+                     r["float32_items_per_s"], r["dtype"], r["items_per_s"], f"{r['ratio']:.2f}x"]  # fmt: skip
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         lines.append("")
     if report.get("targets"):
