@@ -233,8 +233,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             servers = contenders(args)
             if "inprocess" in args.contenders:  # the ceiling takes its turn in every round too
                 servers.append(Contender("inprocess", "ceiling"))
-            # each format's contenders one after another, so a format's figures share a stretch
-            servers = [c._replace(dtype=dt) for dt in dtypes for c in servers]
+            # each contender in every format back to back: a machine whose other work comes and
+            # goes shifts a contender's formats alike, not one format's figures against another's
+            servers = [c._replace(dtype=dt) for c in servers for dt in dtypes]
             for r in range(args.rounds):
                 # Odd rounds run the contenders in reverse order, so a machine that drifts
                 # faster or slower during the group does not favour whoever runs first.
