@@ -1,12 +1,12 @@
 """benchmarks.run --dtype: every contender runs the same model in the same number format.
 
 Tiny models (tests/app/conftest.py); nothing here asserts a speed. The service's own classifier
-predictor is the reference the in-process ceiling and LitServe hooks must answer like.
+predictor is the reference the in-process ceiling must answer like (and LitServe's hooks like
+the ceiling's: tests/benchmarks/test_harness.py).
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -80,29 +80,6 @@ def test_inprocess_ceiling_records_the_format_it_ran(model_dir: Path) -> None:
         torch.set_num_threads(before)
     assert bf16["dtype"] == "bfloat16" and bf16["items_per_s"] > 0
     assert vae["dtype"] == "float32"  # VAEs are served in float32 under every setting
-
-
-def test_litserve_contender_answers_as_the_service_does_in_bf16(model_dir: Path) -> None:
-    from benchmarks.litserve_server import ClassifyAPI
-
-    api = ClassifyAPI(
-        model_dir / SMALL, "/classify", max_batch_size=4, batch_timeout=0.0, threads=1,
-        dtype="bfloat16",
-    )  # fmt: skip
-    api.setup("cpu")
-    files = generated(3, (32, 32), "RGB", "JPEG").files
-
-    class Upload:
-        def __init__(self, data: bytes) -> None:
-            self.file = io.BytesIO(data)
-
-    batch = api.batch([api.decode_request({"image": Upload(f)}) for f in files])  # type: ignore[arg-type]
-    assert batch.dtype == torch.bfloat16 and model_dtype(api.model) == torch.bfloat16
-    answers = [api.encode_response(o) for o in api.unbatch(api.predict(batch))]
-    reference = served_probs(model_dir, files, "bfloat16").topk(3, dim=1)
-    got = [[p["probability"] for p in a["predictions"]] for a in answers]
-    assert [[p["index"] for p in a["predictions"]] for a in answers] == reference.indices.tolist()
-    torch.testing.assert_close(torch.tensor(got), reference.values, rtol=0, atol=0)
 
 
 def test_our_server_runs_the_format_asked_even_where_the_environment_says_auto(
