@@ -13,93 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import PROBE
+from benchmarks.selection import (
+    best_point,
+    bound_at,
+    ceiling_of,
+    dtype_ratios,
+    format_tag,
+    select,
+    workloads,
+)
 
-Point = dict[str, Any]
 # The CPU targets the service is held to (docs/performance.md)
 CEILING_SHARE = 0.85  # full AlexNet, c=16-64: our images/s over the in-process ceiling
 OVERHEAD_RATIO = 1.3  # overhead-bound workloads: our peak req/s over LitServe's
 SINGLE_SLACK_MS = 2.0  # c=1: our p50 minus the in-process single-item time
-
-
-def _dtype(entry: dict[str, Any]) -> str:
-    """The number format a point or ceiling ran in (float32 for reports from before it was
-    recorded, when every contender ran float32)."""
-    return str(entry.get("dtype") or "float32")
-
-
-def _workloads(report: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(endpoint, model, number format) of every table, in the order measured."""
-    seen: dict[tuple[str, str, str], None] = {}
-    for p in report["points"]:
-        seen[(p["endpoint"], p["model"], _dtype(p))] = None
-    for c in report["ceiling"]:
-        seen[(c["endpoint"], c["model"], _dtype(c))] = None
-    return list(seen)
-
-
-def _tag(report: dict[str, Any], dtype: str) -> str:
-    """ " bfloat16": a workload's format in labels, where the report holds any but float32."""
-    formats = {w[2] for w in _workloads(report)}
-    return "" if formats == {"float32"} else f" {dtype}"
-
-
-def _points(
-    report: dict[str, Any], endpoint: str, model: str, prefix: str, dtype: str = "float32"
-) -> list[Point]:
-    """Points of contenders whose name starts with `prefix` (every configuration of one server)
-    in one number format."""
-    return [
-        p
-        for p in report["points"]
-        if p["endpoint"] == endpoint
-        and p["model"] == model
-        and p["contender"].startswith(prefix)
-        and _dtype(p) == dtype
-    ]
-
-
-def _ceiling(
-    report: dict[str, Any], endpoint: str, model: str, dtype: str = "float32"
-) -> dict[str, Any] | None:
-    return next(
-        (
-            c
-            for c in report["ceiling"]
-            if c["endpoint"] == endpoint and c["model"] == model and _dtype(c) == dtype
-        ),
-        None,
-    )
-
-
-def _bound(ceil: dict[str, Any] | None, concurrency: int) -> dict[str, Any] | None:
-    """The in-process bound with at most `concurrency` items in flight, where measured.
-
-    More items in flight never allow less, and never more than the ceiling: each bound is
-    measured on its own, so noise can put one above the next or above the ceiling. The figure
-    used is the highest measured at this concurrency or below, capped at the ceiling (which
-    only raises a bound, never lowers it; `measured_items_per_s` keeps what was measured).
-    """
-    bounds = (ceil or {}).get("in_flight", [])
-    here = next((b for b in bounds if b["in_flight"] == concurrency), None)
-    if here is None or ceil is None:
-        return None
-    best = max(b["items_per_s"] for b in bounds if b["in_flight"] <= concurrency)
-    rate = min(best, ceil["items_per_s"])
-    return here | {"items_per_s": rate, "measured_items_per_s": here["items_per_s"]}
-
-
-def _best(
-    report: dict[str, Any],
-    endpoint: str,
-    model: str,
-    concurrency: int,
-    prefix: str,
-    dtype: str = "float32",
-) -> Point | None:
-    """One server's best configuration (worker count, threads) at this point, by items/s."""
-    points = _points(report, endpoint, model, prefix, dtype)
-    at_c = [p for p in points if p["concurrency"] == concurrency]
-    return max(at_c, key=lambda p: p["items_per_s"], default=None)
 
 
 def compute_bound_config(report: dict[str, Any]) -> str:
@@ -125,16 +52,16 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     full = report["models"].get("full", "").rsplit("/", 1)[-1]
     declared = compute_bound_config(report)
-    for endpoint, model, dt in _workloads(report):
+    for endpoint, model, dt in workloads(report):
         if endpoint == PROBE:
             continue  # the HTTP floor is context, not a target
-        ours = _points(report, endpoint, model, "ours", dt)
-        ceil = _ceiling(report, endpoint, model, dt)
-        theirs = _points(report, endpoint, model, "litserve", dt)
-        label = f"{endpoint} {model}{_tag(report, dt)}"
+        ours = select(report, endpoint, model, "ours", dt)
+        ceil = ceiling_of(report, endpoint, model, dt)
+        theirs = select(report, endpoint, model, "litserve", dt)
+        label = f"{endpoint} {model}{format_tag(report, dt)}"
         if model == full:
             for c in sorted({p["concurrency"] for p in ours if p["concurrency"] >= 16}):
-                best = _best(report, endpoint, model, c, "ours", dt)
+                best = best_point(report, endpoint, model, c, "ours", dt)
                 assert best is not None
                 p = next(
                     (q for q in ours if q["concurrency"] == c and q["contender"] == declared), best
@@ -147,7 +74,7 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 )
                 if ceil:
                     share = p["items_per_s"] / ceil["items_per_s"]
-                    bound = _bound(ceil, c)
+                    bound = bound_at(ceil, c)
                     context = (
                         f"; {p['items_per_s'] / bound['items_per_s']:.0%} of the in-process "
                         f"{bound['items_per_s']} img/s with {c} in flight ({bound['config']})"
@@ -159,7 +86,7 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                         "value": f"{share:.0%} ({p['items_per_s']} vs {ceil['items_per_s']} img/s, {p['contender']}){context}{aside}",
                         "met": share >= CEILING_SHARE,
                     })  # fmt: skip
-                rival = _best(report, endpoint, model, c, "litserve", dt)
+                rival = best_point(report, endpoint, model, c, "litserve", dt)
                 if rival and p["p99_ms"] is not None and rival["p99_ms"] is not None:
                     out.append({
                         "target": f"{label} c={c}: ahead of LitServe at an equal or lower p99",
@@ -183,7 +110,7 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         if single and ceil and single["p50_ms"] is not None:
             gap = single["p50_ms"] - ceil["single_p50_ms"]
             floor = next(
-                (p for p in _points(report, PROBE, model, "ours", dt)
+                (p for p in select(report, PROBE, model, "ours", dt)
                  if p["contender"] == single["contender"]),
                 None,
             )  # fmt: skip
@@ -202,35 +129,6 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                          f"{floor_note})",
                 "met": gap <= SINGLE_SLACK_MS,
             })  # fmt: skip
-    return out
-
-
-def dtype_ratios(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every contender's items/s in each other format over its float32 items/s at each
-    concurrency, where both ran (the in-process ceiling at each concurrency it has a bound for,
-    `_bound`): what the format buys each server in the same run."""
-    out: list[dict[str, Any]] = []
-    for endpoint, model, dt in _workloads(report):
-        if endpoint == PROBE or dt == "float32":
-            continue
-        base = {(p["contender"], p["concurrency"]): p
-                for p in _points(report, endpoint, model, "", "float32")}  # fmt: skip
-        pairs = [
-            (p["contender"], p["concurrency"], base[key]["items_per_s"], p["items_per_s"])
-            for p in _points(report, endpoint, model, "", dt)
-            if (key := (p["contender"], p["concurrency"])) in base
-        ]
-        ceil, ceil32 = _ceiling(report, endpoint, model, dt), _ceiling(report, endpoint, model)
-        for c in sorted({c for _, c, _, _ in pairs}):
-            here, there = _bound(ceil, c), _bound(ceil32, c)
-            if here and there:
-                pairs.append(("ceiling", c, there["items_per_s"], here["items_per_s"]))
-        for contender, c, fp32, rate in sorted(
-            pairs, key=lambda t: (t[1], not t[0].startswith("ours"), t[0])
-        ):
-            out.append({"endpoint": endpoint, "model": model, "contender": contender,
-                        "concurrency": c, "dtype": dt, "float32_items_per_s": fp32,
-                        "items_per_s": rate, "ratio": rate / fp32 if fp32 else float("inf")})  # fmt: skip
     return out
 
 
@@ -312,9 +210,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         ),
         "",
     ]
-    for endpoint, model, dt in _workloads(report):
-        ceil = _ceiling(report, endpoint, model, dt)
-        tag = f" · {dt}" if _tag(report, dt) else ""
+    for endpoint, model, dt in workloads(report):
+        ceil = ceiling_of(report, endpoint, model, dt)
+        tag = f" · {dt}" if format_tag(report, dt) else ""
         if endpoint == PROBE:
             lines.append(f"## HTTP floor · {model} server{tag}")
             lines.append("")
@@ -338,7 +236,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                     else "."
                 )
             )
-            bounds = [b for c in ceil.get("in_flight", []) if (b := _bound(ceil, c["in_flight"]))]
+            bounds = [b for c in ceil.get("in_flight", []) if (b := bound_at(ceil, c["in_flight"]))]
             if bounds:
                 lines.append(
                     "With at most c items in flight, as c closed-loop clients allow, in-process: "
@@ -371,11 +269,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(
             "|---|---|---|---|---|" + ("---|" if at_c else "") + "---|---|---|---|---|---|"
         )
-        points = [
-            p
-            for p in report["points"]
-            if p["endpoint"] == endpoint and p["model"] == model and _dtype(p) == dt
-        ]
+        points = select(report, endpoint, model, "", dt)  # every contender
         for p in sorted(
             points,
             key=lambda p: (p["concurrency"], not p["contender"].startswith("ours"), p["contender"]),
@@ -389,7 +283,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 rate += f" ({_cell(min(spread))}-{_cell(max(spread))})"
             cells = [p["concurrency"], name, rate, p["items_per_s"], share]
             if at_c:
-                bound = _bound(ceil, p["concurrency"])
+                bound = bound_at(ceil, p["concurrency"])
                 cells.append(f"{p['items_per_s'] / bound['items_per_s']:.0%}" if bound else "-")
             cells += [p["p50_ms"], p["p95_ms"], p["p99_ms"], p.get("server_p50_ms"), errors,
                       p.get("load_avg_1m")]  # fmt: skip

@@ -41,8 +41,9 @@ from benchmarks import loadgen
 from benchmarks.inputs import DEFAULT_DATA_DIR, Corpus, grey_corpus, latent_rows, rgb_corpus
 from benchmarks.machine import machine
 from benchmarks.make_checkpoints import prepare
-from benchmarks.report import check_targets, dtype_ratios, render_markdown
+from benchmarks.report import check_targets, render_markdown
 from benchmarks.rounds import median_ceilings, median_of_rounds
+from benchmarks.selection import dtype_ratios
 from benchmarks.servers import REPO, serve_litserve, serve_ours
 from models.checkpoint import read_card
 from models.precision import DTYPES

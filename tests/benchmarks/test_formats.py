@@ -18,9 +18,10 @@ from app.predictors import ClassifierPredictor, model_dtype
 from benchmarks import ops
 from benchmarks.inprocess import make_step, measure
 from benchmarks.inputs import generated
-from benchmarks.report import check_targets, dtype_ratios, render_markdown
+from benchmarks.report import check_targets, render_markdown
 from benchmarks.rounds import median_of_rounds
 from benchmarks.run import parse_args, served_dtype
+from benchmarks.selection import dtype_ratios
 from benchmarks.servers import serve_ours
 from tests.app.conftest import make_alexnet, make_vae
 

@@ -575,7 +575,7 @@ def test_markdown_shows_the_range_of_rounds() -> None:
 
 
 def test_a_bound_never_falls_as_concurrency_grows_nor_passes_the_ceiling() -> None:
-    from benchmarks.report import _bound
+    from benchmarks.selection import bound_at as _bound
 
     ceiling = {
         "items_per_s": 400.0,
