@@ -8,8 +8,8 @@ For each model group (shipped small AlexNet, full-size 224x224 AlexNet, shipped 
 With --dtype float32 bfloat16 ... every contender runs the classifier groups once per number
 format, like for like: our service with MODELSERVE_DTYPE pinned to it, the ceiling and LitServe
 loading the same model in it (`benchmarks.ops.load`); the report gives each point's format and
-our bf16 over float32 throughput at each concurrency. The VAE group runs once, in float32, as
-the service serves VAEs under every MODELSERVE_DTYPE.
+each contender's throughput in each format over its float32 throughput at each concurrency. The
+VAE group runs once, in float32, as the service serves VAEs under every MODELSERVE_DTYPE.
 With --rounds N all three are repeated N times, in turn (the order reversed every other round),
 and every figure reported is the median round's, the range of the rounds beside it.
 Servers run in their own process group and are stopped (SIGTERM, then SIGKILL) after their
