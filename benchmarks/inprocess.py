@@ -29,8 +29,10 @@ from typing import Any
 
 import torch
 
+from app.predictors import model_dtype
 from benchmarks import ops
 from benchmarks.inputs import DEFAULT_DATA_DIR, Corpus, grey_corpus, latent_rows, rgb_corpus
+from models.precision import DTYPES, DtypeSetting, dtype_name
 from models.prepack import packing_summary
 
 IDLE_S = 0.005  # the pause before each call of the "after idle" single-item figure
@@ -45,12 +47,13 @@ def make_step(
 ) -> Callable[[int, int], int]:
     """A function (start index, batch size) -> items done, running one batch end to end."""
     channels_last = next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
-    device = ops.device_of(model)
+    device, dtype = ops.device_of(model), model_dtype(model)
 
     def run(i: int, b: int) -> int:
         if endpoint in ("classify", "encode"):
             assert corpus is not None
-            x = ops.images_to_batch([corpus[i + j] for j in range(b)], card, channels_last, device)
+            files = [corpus[i + j] for j in range(b)]
+            x = ops.images_to_batch(files, card, channels_last, device, dtype)
             ops.classify(model, x) if endpoint == "classify" else ops.encode(model, x)
         elif endpoint == "decode":
             z = torch.tensor([latents[(i + j) % len(latents)] for j in range(b)])
@@ -94,6 +97,7 @@ def measure(
     device: str = "cpu",
     lanes: int = 1,
     throughput_only: bool = False,
+    dtype: DtypeSetting = "float32",
 ) -> dict[str, Any]:
     """Throughput at `batch_size` and single-item latency of one endpoint of one model.
 
@@ -101,11 +105,16 @@ def measure(
     threads; throughput only (a lone item has no one to share with: see the other figures), as
     with `throughput_only`.
     Every step ends with its answer on the host, so on CUDA each step includes its sync.
+    `dtype`: the classifier's number format (MODELSERVE_DTYPE's values; VAEs stay float32).
     """
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     model, card = ops.load(
-        model_dir, channels_last=channels_last, device=device, max_batch_size=batch_size
+        model_dir,
+        channels_last=channels_last,
+        device=device,
+        max_batch_size=batch_size,
+        dtype=dtype,
     )
     latents = latent_rows(256, int(card.config.get("latent", 1)))
     step = make_step(endpoint, model, card, corpus, latents)
@@ -117,6 +126,7 @@ def measure(
         "threads": threads,
         "lanes": lanes,
         "device": str(device),
+        "dtype": dtype_name(model_dtype(model)),
         "channels_last": channels_last and card.architecture == "alexnet",
         "prepack_linear": packing_summary(model),
     }
@@ -188,6 +198,7 @@ def in_flight_bound(
     loops: int,
     channels_last: bool = True,
     device: str = "cpu",
+    dtype: DtypeSetting = "float32",
 ) -> dict[str, Any]:
     """The most items/s with at most `in_flight` items in flight, batches at most `batch_size`,
     the best of: one loop at batch min(in_flight, batch_size) on `threads` intra-op threads
@@ -203,7 +214,7 @@ def in_flight_bound(
     for t, n, b in options:
         r = measure(
             model_dir, endpoint, corpus, b, duration, t, channels_last, device,
-            lanes=n, throughput_only=True,
+            lanes=n, throughput_only=True, dtype=dtype,
         )  # fmt: skip
         tried[f"{label(r)} at batch {b}"] = r["items_per_s"]
     best = max(tried, key=lambda k: tried[k])
@@ -288,6 +299,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument(
+        "--dtype",
+        choices=list(DTYPES),  # pinned, never auto: every contender the same
+        default="float32",
+        help="the classifier's number format, as MODELSERVE_DTYPE (VAEs stay float32; "
+        "default: %(default)s)",
+    )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
@@ -311,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.channels_last,
                 args.device,
                 lanes=n,
+                dtype=args.dtype,
             )
             for t, n in options
         ]
@@ -329,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
             lanes,
             args.channels_last,
             args.device,
+            args.dtype,
         )
         if c < args.batch_size * lanes
         else {"in_flight": c, "items_per_s": result["items_per_s"], "config": "the ceiling"}

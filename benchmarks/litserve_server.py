@@ -32,8 +32,10 @@ from fastapi import Request
 from torch import Tensor
 
 from app.images import stack_pixels
+from app.predictors import model_dtype
 from benchmarks import ops
 from models.checkpoint import read_card
+from models.precision import DTYPES, DtypeSetting
 
 
 class _ModelAPI(ls.LitAPI):
@@ -46,20 +48,25 @@ class _ModelAPI(ls.LitAPI):
         max_batch_size: int,
         batch_timeout: float,
         threads: int,
+        dtype: DtypeSetting = "float32",
     ) -> None:
         super().__init__(
             max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path
         )
-        self.model_dir, self.threads = model_dir, threads
+        self.model_dir, self.threads, self.dtype_setting = model_dir, threads, dtype
 
     def setup(self, device: str) -> None:
         # Each LitServe worker is its own process: threads per worker = cores / workers, so the
         # workers together use every core without oversubscribing them.
         torch.set_num_threads(self.threads)
         self.model, self.card = ops.load(
-            self.model_dir, channels_last=True, device=device, max_batch_size=self.max_batch_size
+            self.model_dir,
+            channels_last=True,
+            device=device,
+            max_batch_size=self.max_batch_size,
+            dtype=self.dtype_setting,
         )
-        self.device = device
+        self.device, self.dtype = device, model_dtype(self.model)  # batches are cast to it
         self.channels_last = self.card.architecture == "alexnet"
 
     def _image(self, request: Any) -> Tensor:
@@ -71,7 +78,8 @@ class _ModelAPI(ls.LitAPI):
         return output
 
     def batch(self, inputs: list[Tensor]) -> Tensor:
-        return ops.to_model_batch(stack_pixels(inputs), self.card, self.channels_last, self.device)
+        pixels = stack_pixels(inputs)
+        return ops.to_model_batch(pixels, self.card, self.channels_last, self.device, self.dtype)
 
 
 class ClassifyAPI(_ModelAPI):
@@ -167,8 +175,10 @@ def build_server(
     batch_timeout: float,
     fast_queue: bool,
     accelerator: str = "cpu",
+    dtype: DtypeSetting = "float32",
 ) -> ls.LitServer:
-    """A LitServer with the endpoints of `model_dir`'s model kind, on "cpu" or "cuda"."""
+    """A LitServer with the endpoints of `model_dir`'s model kind, on "cpu" or "cuda", a
+    classifier in the number format `dtype` (VAEs stay float32)."""
     card = read_card(model_dir)
     threads = max(1, (os.cpu_count() or 1) // workers)
     kinds: dict[str, list[tuple[type[_ModelAPI], str]]] = {
@@ -176,7 +186,7 @@ def build_server(
         "vae": [(EncodeAPI, "/encode"), (DecodeAPI, "/decode"), (SampleAPI, "/sample")],
     }
     apis = [
-        cls(model_dir, path, max_batch_size, batch_timeout, threads)
+        cls(model_dir, path, max_batch_size, batch_timeout, threads, dtype)
         for cls, path in kinds[card.architecture]
     ]
     return ls.LitServer(
@@ -205,6 +215,12 @@ def main(argv: list[str] | None = None) -> None:
         help="HTTP server processes (LitServe default: = workers)",
     )
     parser.add_argument("--accelerator", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="float32",
+        help="the classifier's number format, as MODELSERVE_DTYPE (VAEs stay float32)",
+    )
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout-ms", type=float, default=2.0)
     parser.add_argument(
@@ -221,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         args.batch_timeout_ms / 1000.0,
         args.fast_queue,
         args.accelerator,
+        args.dtype,
     )
     server.run(
         host=args.host,

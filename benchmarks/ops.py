@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from app.images import decode_opened, normalize, open_image, stack_pixels
 from app.loading import Prepack, load_for_inference
 from models.checkpoint import ModelCard
+from models.precision import DtypeSetting
 
 # Same limit as the service's default (app/settings.py max_image_pixels).
 MAX_PIXELS = 40_000_000
@@ -28,11 +29,13 @@ def load(
     device: str | torch.device = "cpu",
     prepack: Prepack = "auto",
     max_batch_size: int = 32,
+    dtype: DtypeSetting = "float32",
 ) -> tuple[nn.Module, ModelCard]:
-    """Load a checkpoint for inference on `device` as the service's defaults do
+    """Load a checkpoint for inference on `device` as the service does
     (`app.loading.load_for_inference`): convolutional models in channels-last, fully
-    connected layers packed for oneDNN on the CPU where that is faster, each optionally."""
-    return load_for_inference(model_dir, device, channels_last, prepack, max_batch_size)
+    connected layers packed for oneDNN on the CPU where that is faster, each optionally;
+    classifiers in the number format `dtype` (MODELSERVE_DTYPE's values; VAEs stay float32)."""
+    return load_for_inference(model_dir, device, channels_last, prepack, max_batch_size, dtype)
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -46,25 +49,34 @@ def decode_pixels(files: Sequence[bytes], card: ModelCard) -> Tensor:
 
 
 def to_model_batch(
-    pixels: Tensor, card: ModelCard, channels_last: bool, device: str | torch.device = "cpu"
+    pixels: Tensor,
+    card: ModelCard,
+    channels_last: bool,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """(B, C, H, W) uint8 -> normalised float32 on `device`, as the service's batch step does:
-    one pinned host-to-device copy of the uint8 pixels on CUDA, then normalisation there."""
+    """(B, C, H, W) uint8 -> normalised and cast to `dtype` on `device`, as the service's batch
+    step does (`app.predictors`): one pinned host-to-device copy of the uint8 pixels on CUDA,
+    then normalisation in float32 there, then the cast to the model's format (`model_dtype`)."""
     x = pixels
     if torch.device(device).type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
-    x = normalize(x, card.input)
+    x = normalize(x, card.input).to(dtype)
     return (
         x.contiguous(memory_format=torch.channels_last) if channels_last and x.shape[1] == 3 else x
     )
 
 
 def images_to_batch(
-    files: Sequence[bytes], card: ModelCard, channels_last: bool, device: str | torch.device = "cpu"
+    files: Sequence[bytes],
+    card: ModelCard,
+    channels_last: bool,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Decode and preprocess uploads exactly as the service does -> (B, C, H, W) float32 on
+    """Decode and preprocess uploads exactly as the service does -> (B, C, H, W) in `dtype` on
     `device`."""
-    return to_model_batch(decode_pixels(files, card), card, channels_last, device)
+    return to_model_batch(decode_pixels(files, card), card, channels_last, device, dtype)
 
 
 @torch.inference_mode()

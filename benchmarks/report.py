@@ -13,61 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import PROBE
+from benchmarks.selection import (
+    best_point,
+    bound_at,
+    ceiling_of,
+    dtype_ratios,
+    format_tag,
+    select,
+    workloads,
+)
 
-Point = dict[str, Any]
 # The CPU targets the service is held to (docs/performance.md)
 CEILING_SHARE = 0.85  # full AlexNet, c=16-64: our images/s over the in-process ceiling
 OVERHEAD_RATIO = 1.3  # overhead-bound workloads: our peak req/s over LitServe's
 SINGLE_SLACK_MS = 2.0  # c=1: our p50 minus the in-process single-item time
-
-
-def _workloads(report: dict[str, Any]) -> list[tuple[str, str]]:
-    seen: dict[tuple[str, str], None] = {}
-    for p in report["points"]:
-        seen[(p["endpoint"], p["model"])] = None
-    for c in report["ceiling"]:
-        seen[(c["endpoint"], c["model"])] = None
-    return list(seen)
-
-
-def _points(report: dict[str, Any], endpoint: str, model: str, prefix: str) -> list[Point]:
-    """Points of contenders whose name starts with `prefix` (every configuration of one server)."""
-    return [
-        p
-        for p in report["points"]
-        if p["endpoint"] == endpoint and p["model"] == model and p["contender"].startswith(prefix)
-    ]
-
-
-def _ceiling(report: dict[str, Any], endpoint: str, model: str) -> dict[str, Any] | None:
-    return next(
-        (c for c in report["ceiling"] if c["endpoint"] == endpoint and c["model"] == model), None
-    )
-
-
-def _bound(ceil: dict[str, Any] | None, concurrency: int) -> dict[str, Any] | None:
-    """The in-process bound with at most `concurrency` items in flight, where measured.
-
-    More items in flight never allow less, and never more than the ceiling: each bound is
-    measured on its own, so noise can put one above the next or above the ceiling. The figure
-    used is the highest measured at this concurrency or below, capped at the ceiling (which
-    only raises a bound, never lowers it; `measured_items_per_s` keeps what was measured).
-    """
-    bounds = (ceil or {}).get("in_flight", [])
-    here = next((b for b in bounds if b["in_flight"] == concurrency), None)
-    if here is None or ceil is None:
-        return None
-    best = max(b["items_per_s"] for b in bounds if b["in_flight"] <= concurrency)
-    rate = min(best, ceil["items_per_s"])
-    return here | {"items_per_s": rate, "measured_items_per_s": here["items_per_s"]}
-
-
-def _best(
-    report: dict[str, Any], endpoint: str, model: str, concurrency: int, prefix: str
-) -> Point | None:
-    """One server's best configuration (worker count, threads) at this point, by items/s."""
-    at_c = [p for p in _points(report, endpoint, model, prefix) if p["concurrency"] == concurrency]
-    return max(at_c, key=lambda p: p["items_per_s"], default=None)
 
 
 def compute_bound_config(report: dict[str, Any]) -> str:
@@ -93,16 +52,16 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     full = report["models"].get("full", "").rsplit("/", 1)[-1]
     declared = compute_bound_config(report)
-    for endpoint, model in _workloads(report):
+    for endpoint, model, dt in workloads(report):
         if endpoint == PROBE:
             continue  # the HTTP floor is context, not a target
-        ours = _points(report, endpoint, model, "ours")
-        ceil = _ceiling(report, endpoint, model)
-        theirs = _points(report, endpoint, model, "litserve")
-        label = f"{endpoint} {model}"
+        ours = select(report, endpoint, model, "ours", dt)
+        ceil = ceiling_of(report, endpoint, model, dt)
+        theirs = select(report, endpoint, model, "litserve", dt)
+        label = f"{endpoint} {model}{format_tag(report, dt)}"
         if model == full:
             for c in sorted({p["concurrency"] for p in ours if p["concurrency"] >= 16}):
-                best = _best(report, endpoint, model, c, "ours")
+                best = best_point(report, endpoint, model, c, "ours", dt)
                 assert best is not None
                 p = next(
                     (q for q in ours if q["concurrency"] == c and q["contender"] == declared), best
@@ -115,7 +74,7 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 )
                 if ceil:
                     share = p["items_per_s"] / ceil["items_per_s"]
-                    bound = _bound(ceil, c)
+                    bound = bound_at(ceil, c)
                     context = (
                         f"; {p['items_per_s'] / bound['items_per_s']:.0%} of the in-process "
                         f"{bound['items_per_s']} img/s with {c} in flight ({bound['config']})"
@@ -127,7 +86,7 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                         "value": f"{share:.0%} ({p['items_per_s']} vs {ceil['items_per_s']} img/s, {p['contender']}){context}{aside}",
                         "met": share >= CEILING_SHARE,
                     })  # fmt: skip
-                rival = _best(report, endpoint, model, c, "litserve")
+                rival = best_point(report, endpoint, model, c, "litserve", dt)
                 if rival and p["p99_ms"] is not None and rival["p99_ms"] is not None:
                     out.append({
                         "target": f"{label} c={c}: ahead of LitServe at an equal or lower p99",
@@ -151,7 +110,7 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         if single and ceil and single["p50_ms"] is not None:
             gap = single["p50_ms"] - ceil["single_p50_ms"]
             floor = next(
-                (p for p in _points(report, PROBE, model, "ours")
+                (p for p in select(report, PROBE, model, "ours", dt)
                  if p["contender"] == single["contender"]),
                 None,
             )  # fmt: skip
@@ -240,19 +199,29 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- LitServe: {cfg['litserve']}; worker counts tried: {cfg['litserve_workers']}",
         f"- ceiling: {cfg['ceiling']}",
         "- inputs: " + "; ".join(f"{k}: {v}" for k, v in report["inputs"].items()),
+        *(
+            [
+                f"- number formats: {', '.join(cfg['dtypes'])} for the classifiers, every "
+                "contender in each (ours with MODELSERVE_DTYPE set to it, the ceiling and "
+                "LitServe loading the same model in it); VAEs in float32, as served"
+            ]
+            if cfg.get("dtypes", ["float32"]) != ["float32"]
+            else []
+        ),
         "",
     ]
-    for endpoint, model in _workloads(report):
-        ceil = _ceiling(report, endpoint, model)
+    for endpoint, model, dt in workloads(report):
+        ceil = ceiling_of(report, endpoint, model, dt)
+        tag = f" · {dt}" if format_tag(report, dt) else ""
         if endpoint == PROBE:
-            lines.append(f"## HTTP floor · {model} server")
+            lines.append(f"## HTTP floor · {model} server{tag}")
             lines.append("")
             lines.append(
                 "GET /healthz (ours) or /health (LitServe): no model work, same client; "
                 "what any request pays on this machine before the model runs."
             )
         else:
-            lines.append(f"## /{endpoint} · {model}")
+            lines.append(f"## /{endpoint} · {model}{tag}")
         lines.append("")
         if ceil:
             lines.append(
@@ -267,7 +236,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                     else "."
                 )
             )
-            bounds = [b for c in ceil.get("in_flight", []) if (b := _bound(ceil, c["in_flight"]))]
+            bounds = [b for c in ceil.get("in_flight", []) if (b := bound_at(ceil, c["in_flight"]))]
             if bounds:
                 lines.append(
                     "With at most c items in flight, as c closed-loop clients allow, in-process: "
@@ -300,7 +269,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(
             "|---|---|---|---|---|" + ("---|" if at_c else "") + "---|---|---|---|---|---|"
         )
-        points = [p for p in report["points"] if p["endpoint"] == endpoint and p["model"] == model]
+        points = select(report, endpoint, model, "", dt)  # every contender
         for p in sorted(
             points,
             key=lambda p: (p["concurrency"], not p["contender"].startswith("ours"), p["contender"]),
@@ -314,10 +283,27 @@ def render_markdown(report: dict[str, Any]) -> str:
                 rate += f" ({_cell(min(spread))}-{_cell(max(spread))})"
             cells = [p["concurrency"], name, rate, p["items_per_s"], share]
             if at_c:
-                bound = _bound(ceil, p["concurrency"])
+                bound = bound_at(ceil, p["concurrency"])
                 cells.append(f"{p['items_per_s'] / bound['items_per_s']:.0%}" if bound else "-")
             cells += [p["p50_ms"], p["p95_ms"], p["p99_ms"], p.get("server_p50_ms"), errors,
                       p.get("load_avg_1m")]  # fmt: skip
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        lines.append("")
+    ratios = report.get("dtype_ratios") or dtype_ratios(report)
+    if ratios:
+        lines += [
+            "## Number formats side by side",
+            "",
+            "Each contender's items/s in a format over its items/s in float32, in the same run "
+            "(the in-process bound at each c for the ceiling).",
+            "",
+            "| workload | c | contender | float32 items/s | format | items/s | ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in ratios:
+            name = f"**{r['contender']}**" if r["contender"].startswith("ours") else r["contender"]
+            cells = [f"/{r['endpoint']} · {r['model']}", r["concurrency"], name,
+                     r["float32_items_per_s"], r["dtype"], r["items_per_s"], f"{r['ratio']:.2f}x"]  # fmt: skip
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         lines.append("")
     if report.get("targets"):

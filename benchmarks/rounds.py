@@ -6,7 +6,7 @@ from typing import Any
 
 
 def median_of_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One point per (contender, endpoint, model, concurrency): the round with the median
+    """One point per (contender, number format, endpoint, model, concurrency): the round with the median
     requests/s (the lower middle one for an even count), whole, so its latencies belong to its
     throughput; every round's requests/s is kept beside it in `rounds_requests_per_s`."""
     if len(rounds) == 1:
@@ -14,7 +14,7 @@ def median_of_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]
     by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for points in rounds:
         for p in points:
-            key = (p["contender"], p["endpoint"], p["model"], p["concurrency"])
+            key = (p["contender"], p.get("dtype"), p["endpoint"], p["model"], p["concurrency"])
             by_key.setdefault(key, []).append(p)
     merged = []
     for same in by_key.values():

@@ -5,6 +5,11 @@ For each model group (shipped small AlexNet, full-size 224x224 AlexNet, shipped 
    sweeps its endpoints with the load generator;
 2. does the same for LitServe (benchmarks/litserve_server.py) once per worker count asked for;
 3. measures the in-process ceiling (benchmarks/inprocess.py) in a subprocess.
+With --dtype float32 bfloat16 ... every contender runs the classifier groups once per number
+format, like for like: our service with MODELSERVE_DTYPE pinned to it, the ceiling and LitServe
+loading the same model in it (`benchmarks.ops.load`); the report gives each point's format and
+each contender's throughput in each format over its float32 throughput at each concurrency. The
+VAE group runs once, in float32, as the service serves VAEs under every MODELSERVE_DTYPE.
 With --rounds N all three are repeated N times, in turn (the order reversed every other round),
 and every figure reported is the median round's, the range of the rounds beside it.
 Servers run in their own process group and are stopped (SIGTERM, then SIGKILL) after their
@@ -13,6 +18,7 @@ benchmarks/results/latest.md, with the machine's description and the issue's tar
 
     python -m benchmarks.run --quick          # ~3 minutes: checks the harness end to end
     python -m benchmarks.run                  # the full sweep (1, 4, 16, 64), ~15 minutes
+    python -m benchmarks.run --groups full --dtype float32 bfloat16   # both formats, one run
 """
 
 from __future__ import annotations
@@ -29,14 +35,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import httpx
+
 from benchmarks import loadgen
 from benchmarks.inputs import DEFAULT_DATA_DIR, Corpus, grey_corpus, latent_rows, rgb_corpus
 from benchmarks.machine import machine
 from benchmarks.make_checkpoints import prepare
 from benchmarks.report import check_targets, render_markdown
 from benchmarks.rounds import median_ceilings, median_of_rounds
+from benchmarks.selection import dtype_ratios
 from benchmarks.servers import REPO, serve_litserve, serve_ours
 from models.checkpoint import read_card
+from models.precision import DTYPES
 
 GROUP_ENDPOINTS = {
     "small": ["classify"],
@@ -62,8 +72,10 @@ def sweep_server(
     endpoints: list[str],
     inputs: Inputs,
     args: argparse.Namespace,
+    dtype: str = "float32",
 ) -> list[dict[str, Any]]:
-    """Every endpoint of one running server through the concurrency sweep."""
+    """Every endpoint of one running server through the concurrency sweep; each point records
+    the number format the server runs its model in."""
     points = []
     for endpoint in endpoints:
         corpus = inputs.rgb if endpoint == "classify" else inputs.grey
@@ -82,7 +94,7 @@ def sweep_server(
             )
         )
         print(loadgen.format_table(results), flush=True)
-        points += [asdict(p) for p in results]
+        points += [asdict(p) | {"dtype": dtype} for p in results]
     # The transport floor: a probe that does no model work, one client, same client code.
     probe = "/healthz" if flavour == "ours" else "/health"
     floor = loadgen.run(
@@ -99,7 +111,7 @@ def sweep_server(
         )
     )
     print(loadgen.format_table(floor), flush=True)
-    return points + [asdict(p) for p in floor]
+    return points + [asdict(p) | {"dtype": dtype} for p in floor]
 
 
 class Contender(NamedTuple):
@@ -110,6 +122,7 @@ class Contender(NamedTuple):
     workers: int = 1
     threads: int | None = None
     lanes: int = 1
+    dtype: str = "float32"  # the classifier's number format (MODELSERVE_DTYPE, pinned)
 
 
 def contenders(args: argparse.Namespace) -> list[Contender]:
@@ -125,18 +138,30 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
     return out
 
 
+def served_dtype(url: str, model: str, asked: str) -> str:
+    """The format our service runs `model` in, as /models/{name} shows it; a model that cannot
+    run in the format asked for runs in float32 (`models.precision`), which is said here."""
+    served = str(httpx.get(f"{url}/models/{model}", timeout=10).json()["dtype"])
+    if served != asked:
+        print(f"!! {model} runs in {served}, not {asked}, in our service", flush=True)
+    return served
+
+
 # Endpoints whose ceiling is also measured per concurrency (`--in-flight`): the image
 # classifier, whose full-size model is the compute-bound target, where fewer items in flight
 # mean smaller and dearer batches. The VAE endpoints are bound by the serving overhead.
 IN_FLIGHT_ENDPOINTS = ("classify",)
 
 
-def ceiling(model_dir: Path, endpoint: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def ceiling(
+    model_dir: Path, endpoint: str, args: argparse.Namespace, tmp: Path, dtype: str = "float32"
+) -> dict[str, Any]:
     """The in-process ceiling, in a fresh interpreter so no server state or threads interfere."""
-    out = tmp / f"ceiling-{model_dir.name}-{endpoint}.json"
+    out = tmp / f"ceiling-{model_dir.name}-{endpoint}-{dtype}.json"
     cmd = [sys.executable, "-m", "benchmarks.inprocess", str(model_dir), "--endpoint", endpoint,
            "--batch-size", str(args.max_batch_size), "--duration", str(args.ceiling_duration),
-           "--data-dir", str(args.data_dir), "--json", str(out), "--device", args.device]  # fmt: skip
+           "--data-dir", str(args.data_dir), "--json", str(out), "--device", args.device,
+           "--dtype", dtype]  # fmt: skip
     if endpoint in IN_FLIGHT_ENDPOINTS:
         cmd += ["--in-flight", *map(str, args.concurrency)]
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, timeout=600)
@@ -164,6 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "litserve_workers": args.litserve_workers,
             "rounds": args.rounds,
             "transport": args.transport,
+            "dtypes": args.dtype,
             "litserve": "LitServer(accelerator='cpu', workers_per_device=W, fast_queue=True, "
             "num_api_servers=default (=W)); each worker torch.set_num_threads(cores // W); "
             "LitAPI(max_batch_size, batch_timeout) equal to ours; model loaded by "
@@ -201,49 +227,60 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if not endpoints:
                 continue
             print(f"\n== {group}: {model} ({', '.join(endpoints)})", flush=True)
+            # VAEs run in float32 under every MODELSERVE_DTYPE: their group runs once
+            dtypes = ["float32"] if group == "vae" else args.dtype
             rounds: list[list[dict[str, Any]]] = []
-            ceilings: list[list[dict[str, Any]]] = []
+            ceilings: dict[str, list[list[dict[str, Any]]]] = {dt: [] for dt in dtypes}
             servers = contenders(args)
             if "inprocess" in args.contenders:  # the ceiling takes its turn in every round too
                 servers.append(Contender("inprocess", "ceiling"))
+            # each contender in every format back to back: a machine whose other work comes and
+            # goes shifts a contender's formats alike, not one format's figures against another's
+            servers = [c._replace(dtype=dt) for c in servers for dt in dtypes]
             for r in range(args.rounds):
                 # Odd rounds run the contenders in reverse order, so a machine that drifts
                 # faster or slower during the group does not favour whoever runs first.
                 points: list[dict[str, Any]] = []
-                for flavour, name, workers, threads, lanes in (
-                    servers if r % 2 == 0 else servers[::-1]
-                ):
-                    if flavour == "inprocess":
-                        ceilings.append(
+                for c in servers if r % 2 == 0 else servers[::-1]:
+                    if c.flavour == "inprocess":
+                        ceilings[c.dtype].append(
                             [
-                                ceiling(group_dir / model, endpoint, args, tmp)
+                                ceiling(group_dir / model, endpoint, args, tmp, c.dtype)
                                 for endpoint in endpoints
                             ]
                         )
                         continue
-                    log = tmp / f"{name}-{group}-{r}.log"
-                    if flavour == "ours":
+                    log = tmp / f"{c.name}-{c.dtype}-{group}-{r}.log"
+                    print(f"-- {c.name} {c.dtype}", flush=True)
+                    if c.flavour == "ours":
                         served = serve_ours(
                             group_dir, model, args.max_batch_size, args.batch_timeout_ms, log,
-                            threads, workers, args.device, lanes,
+                            c.threads, c.workers, args.device, c.lanes, c.dtype,
                         )  # fmt: skip
                     else:
                         served = serve_litserve(
-                            group_dir / model, workers, args.max_batch_size,
-                            args.batch_timeout_ms, log, args.device,
+                            group_dir / model, c.workers, args.max_batch_size,
+                            args.batch_timeout_ms, log, args.device, c.dtype,
                         )  # fmt: skip
                     with served as (url, _):
-                        points += sweep_server(name, flavour, url, model, endpoints, inputs, args)
+                        dtype = (
+                            served_dtype(url, model, c.dtype) if c.flavour == "ours" else c.dtype
+                        )
+                        points += sweep_server(
+                            c.name, c.flavour, url, model, endpoints, inputs, args, dtype
+                        )
                 rounds.append(points)
             report["points"] += median_of_rounds(rounds)
-            for result in median_ceilings(ceilings):
-                print(f"ceiling {result['endpoint']} {model}: {result['items_per_s']} items/s, "
-                      f"single p50 {result['single_p50_ms']} ms", flush=True)  # fmt: skip
-                report["ceiling"].append(result)
+            for dt in dtypes:
+                for result in median_ceilings(ceilings[dt]):
+                    print(f"ceiling {result['endpoint']} {model} {dt}: {result['items_per_s']} "
+                          f"items/s, single p50 {result['single_p50_ms']} ms", flush=True)  # fmt: skip
+                    report["ceiling"].append(result)
             if args.partial:  # a killed run keeps the groups it finished
                 args.partial.write_text(json.dumps(report, indent=2) + "\n")
     report["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["targets"] = check_targets(report)
+    report["dtype_ratios"] = dtype_ratios(report)
     return report
 
 
@@ -332,6 +369,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--device",
         default="cpu",
         help="cpu or cuda[:N]: all three contenders run their models there (default: cpu)",
+    )
+    parser.add_argument(
+        "--dtype",
+        nargs="+",
+        choices=list(DTYPES),
+        default=["float32"],
+        help="the classifiers' number formats: every contender runs in each, like for like "
+        "(ours with MODELSERVE_DTYPE set to it, never auto); the VAE group runs once, in "
+        "float32, as the service serves VAEs (default: float32)",
     )
     parser.add_argument(
         "--transport",

@@ -76,9 +76,12 @@ def serve_ours(
     workers: int = 1,
     device: str = "cpu",
     lanes: int = 1,
+    dtype: str = "float32",
 ) -> Iterator[tuple[str, int]]:
     """Our service (uvicorn, `workers` processes) on `model_dir`; yields (base URL, pid).
 
+    `dtype` sets MODELSERVE_DTYPE, always explicitly (never auto, which could pick another
+    format than the in-process ceiling and LitServe load through `ops.load`).
     `threads` sets MODELSERVE_TORCH_THREADS; None keeps the service's default (cores / workers).
     `lanes` sets MODELSERVE_INFERENCE_LANES.
     Several workers run as in production: WEB_CONCURRENCY and a PROMETHEUS_MULTIPROC_DIR.
@@ -91,8 +94,7 @@ def serve_ours(
            "MODELSERVE_MAX_BATCH_SIZE": str(max_batch_size),
            "MODELSERVE_BATCH_TIMEOUT_MS": str(batch_timeout_ms),
            "MODELSERVE_DEVICE": torch_device_type(device),
-           # the in-process ceiling and LitServe load float32 (`ops.load`): like for like
-           "MODELSERVE_DTYPE": "float32",
+           "MODELSERVE_DTYPE": dtype,
            "MODELSERVE_LOG_LEVEL": "WARNING"}  # fmt: skip
     if threads is not None:
         env["MODELSERVE_TORCH_THREADS"] = str(threads)
@@ -116,15 +118,17 @@ def serve_litserve(
     batch_timeout_ms: float,
     log: Path,
     device: str = "cpu",
+    dtype: str = "float32",
 ) -> Iterator[tuple[str, int]]:
-    """The LitServe contender on one checkpoint; yields (base URL, pid)."""
+    """The LitServe contender on one checkpoint, its classifier in `dtype`; yields (base URL,
+    pid)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "benchmarks.litserve_server", str(checkpoint),
            "--port", str(port), "--workers", str(workers),
            "--max-batch-size", str(max_batch_size),
            "--batch-timeout-ms", str(batch_timeout_ms),
-           "--accelerator", torch_device_type(device)]  # fmt: skip
+           "--accelerator", torch_device_type(device), "--dtype", dtype]  # fmt: skip
     with server(cmd, dict(os.environ), url, "/health", log) as pid:
         yield url, pid
 

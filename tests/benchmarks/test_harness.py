@@ -257,14 +257,18 @@ def test_ops_sample_same_seed_same_image(model_dir: Path) -> None:
     torch.testing.assert_close(x1[1], x2[0])
 
 
-def test_litserve_contender_answers_like_the_model(model_dir: Path) -> None:
-    """The LitServe hooks give the same top class as a plain forward of the same bytes
-    (litserve is in the dev extra: this runs wherever the tests do)."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_litserve_contender_answers_like_the_model(model_dir: Path, dtype: str) -> None:
+    """The LitServe hooks give the same answer as a plain forward of the same bytes, the model
+    and the batch in the format asked for (litserve is in the dev extra: this runs wherever the
+    tests do; tests/benchmarks/test_formats.py ties the plain forward to the service's)."""
+    from app.predictors import model_dtype
     from benchmarks.litserve_server import ClassifyAPI
 
     api = ClassifyAPI(
-        model_dir / "alexnet-cifar10", "/classify", max_batch_size=4, batch_timeout=0.0, threads=1
-    )
+        model_dir / "alexnet-cifar10", "/classify", max_batch_size=4, batch_timeout=0.0,
+        threads=1, dtype=dtype,  # type: ignore[arg-type]
+    )  # fmt: skip
     api.setup("cpu")
     files = generated(3, (32, 32), "RGB", "JPEG").files
 
@@ -274,9 +278,13 @@ def test_litserve_contender_answers_like_the_model(model_dir: Path) -> None:
 
     batch = api.batch([api.decode_request({"image": Upload(f)}) for f in files])  # type: ignore[arg-type]
     answers = [api.encode_response(o) for o in api.unbatch(api.predict(batch))]
-    model, card = ops.load(model_dir / "alexnet-cifar10")
-    _, idx = ops.classify(model, ops.images_to_batch(files, card, channels_last=True))
-    assert [a["predictions"][0]["index"] for a in answers] == idx[:, 0].tolist()
+    model, card = ops.load(model_dir / "alexnet-cifar10", dtype=dtype)  # type: ignore[arg-type]
+    assert batch.dtype == model_dtype(api.model) == model_dtype(model) == getattr(torch, dtype)
+    x = ops.images_to_batch(files, card, channels_last=True, dtype=model_dtype(model))
+    probs, idx = ops.classify(model, x)
+    assert [[p["index"] for p in a["predictions"]] for a in answers] == idx.tolist()
+    got = [[p["probability"] for p in a["predictions"]] for a in answers]
+    torch.testing.assert_close(torch.tensor(got), probs, rtol=0, atol=0)
     assert answers[0]["predictions"][0]["label"] == card.labels[idx[0, 0]]
     assert len(answers[0]["predictions"]) == min(5, len(card.labels))
 
@@ -567,7 +575,7 @@ def test_markdown_shows_the_range_of_rounds() -> None:
 
 
 def test_a_bound_never_falls_as_concurrency_grows_nor_passes_the_ceiling() -> None:
-    from benchmarks.report import _bound
+    from benchmarks.selection import bound_at as _bound
 
     ceiling = {
         "items_per_s": 400.0,
