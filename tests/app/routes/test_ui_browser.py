@@ -358,6 +358,9 @@ def test_keyboard_alone_reaches_and_runs_the_panels(open_page: Any, tiny: str) -
     page.keyboard.press("Tab")  # Digit B's upload
     page.keyboard.press("Tab")  # Random digit for Digit B
     page.keyboard.press("Space")
+    # both random digits come from /sample: let them land before interpolating (a loaded
+    # machine can take longer than the keystrokes below)
+    page.wait_for_load_state("networkidle")
     page.locator("#interpolate-steps").focus()
     page.keyboard.press("Control+A")
     page.keyboard.type("4")
