@@ -321,7 +321,9 @@ def test_overloaded_is_503_with_retry_after_and_deadline_504(model_dir: Path) ->
         max_queue=2,
         max_batch_images=1,
         max_sample_n=1,
-        request_timeout_s=1.0,
+        # long enough that the three queued requests outlive the wait for the queue to fill on
+        # a loaded machine (at 1 s one expired first there and the fourth got 504, not 503)
+        request_timeout_s=3.0,
     )
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
@@ -338,7 +340,7 @@ def test_overloaded_is_503_with_retry_after_and_deadline_504(model_dir: Path) ->
                 statuses = sorted(f.result().status_code for f in first)
         finally:
             gate.set()
-        assert statuses == [504, 504, 504]  # all blocked past the 1 s deadline
+        assert statuses == [504, 504, 504]  # all blocked past the 3 s deadline
         metrics = c.get("/metrics").text
         assert 'modelserve_rejected_requests_total{reason="overloaded"} 1.0' in metrics
         assert 'modelserve_rejected_requests_total{reason="deadline"} 3.0' in metrics
