@@ -165,11 +165,13 @@ export class Pad {
     this.mask.fill(0);
     this.drawMask();
     this.empty = true;
+    this.root.dataset.empty = "true"; // for styling, and for tests to wait on
     if (notify) this.onchange(this);
   }
 
   changed() {
     this.empty = false;
+    this.root.dataset.empty = "false";
     this.onchange(this);
   }
 

@@ -181,7 +181,7 @@ def test_load_generator_drives_a_real_uvicorn_through_the_lean_transport() -> No
             await asyncio.sleep(0.01)
         try:
             return await loadgen.sweep(
-                f"http://127.0.0.1:{port}", "t", "classify", "m", request, [1, 3], 0.3, 0.05
+                f"http://127.0.0.1:{port}", "t", "classify", "m", request, [1, 3], 1.0, 0.2
             )
         finally:
             server.should_exit = True
@@ -189,4 +189,6 @@ def test_load_generator_drives_a_real_uvicorn_through_the_lean_transport() -> No
 
     points = loadgen.run(go())
     assert [p.concurrency for p in points] == [1, 3]
-    assert all(p.requests > 0 and not p.errors for p in points)
+    assert all(p.requests > 0 and not p.errors for p in points), [
+        (p.concurrency, p.requests, p.errors) for p in points
+    ]

@@ -351,21 +351,25 @@ def test_keyboard_alone_reaches_and_runs_the_panels(open_page: Any, tiny: str) -
         "Interpolate",
     ):
         assert control in focused, control
-    # Random digits for both pads and an interpolation, with keys only.
+    # Random digits for both pads and an interpolation, with keys only. Each step waits for what
+    # the next needs (focus where the keys put it, the digit drawn): a slow machine is slower,
+    # never wrong.
+    focus = page.locator(":focus")
     page.get_by_role("button", name="Random digit for Digit A").focus()
-    page.keyboard.press("Enter")
-    page.keyboard.press("Tab")  # Clear Digit A
-    page.keyboard.press("Tab")  # Digit B's upload
-    page.keyboard.press("Tab")  # Random digit for Digit B
-    page.keyboard.press("Space")
-    # both random digits come from /sample: let them land before interpolating (a loaded
-    # machine can take longer than the keystrokes below)
-    page.wait_for_load_state("networkidle")
+    for pad, keys, press in (("A", [], "Enter"), ("B", ["Tab"] * 3, "Space")):
+        for key in keys:  # Clear Digit A, Digit B's upload, Random digit for Digit B
+            page.keyboard.press(key)
+        expect(focus).to_have_accessible_name(f"Random digit for Digit {pad}")
+        page.keyboard.press(press)
+        expect(page.locator(f"#interpolate [data-pad={pad.lower()}]")).to_have_attribute(
+            "data-empty", "false"
+        )
     page.locator("#interpolate-steps").focus()
     page.keyboard.press("Control+A")
     page.keyboard.type("4")
     page.keyboard.press("Enter")
     expect(page.locator("#interpolate-strip canvas")).to_have_count(4)
+    expect(page.locator("#interpolate-error")).to_be_empty()
 
 
 def test_phone_width_needs_no_sideways_scrolling(open_page: Any, tiny: str) -> None:
