@@ -264,6 +264,11 @@ def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> 
         if state["epochs"] == opts.epochs:
             scheduler.load_state_dict(state["scheduler"])
         else:  # a longer (or shorter) run: the new schedule, advanced to where we stand
+            # The schedulers compute each rate from the last one, and the loaded optimiser holds
+            # the old run's last rate (0 at the end of a cosine): restart from the initial rates.
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"]
+            scheduler = build_scheduler(optimizer, opts, len(task.train_batches))
             with warnings.catch_warnings():  # "step() before optimizer.step()": intended here
                 warnings.simplefilter("ignore", UserWarning)
                 for _ in range(state["epoch"] * len(task.train_batches)):

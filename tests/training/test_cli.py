@@ -118,6 +118,23 @@ def test_resume_continues_exactly_where_the_run_stopped(tiny_mnist: Path, tmp_pa
     assert state["epoch"] == 2
 
 
+def test_a_resumed_run_made_longer_follows_the_longer_schedule(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    """Extending a finished cosine run restarts from the rate the longer schedule has there,
+    not from the old run's last rate (0)."""
+    base = ["vae", "--data-dir", str(tiny_mnist), *FAST_VAE, "--schedule", "cosine"]
+    longer, extended = tmp_path / "longer", tmp_path / "extended"
+    assert main([*base, "--run-dir", str(longer), "--epochs", "4"]) == 0
+    assert main([*base, "--run-dir", str(extended), "--epochs", "2"]) == 0
+    assert _metrics(extended)[-1]["lr"] == 0
+    assert main([*base, "--run-dir", str(extended), "--epochs", "4", "--resume"]) == 0
+    assert [m["epoch"] for m in _metrics(extended)] == [1, 2, 3, 4]
+    rates = [m["lr"] for m in _metrics(extended)[2:]]
+    assert rates == pytest.approx([m["lr"] for m in _metrics(longer)[2:]], abs=1e-12)
+    assert rates[0] > 0
+
+
 def test_a_fresh_run_in_a_used_run_dir_starts_its_curves_afresh(
     tiny_mnist: Path, tmp_path: Path
 ) -> None:
