@@ -257,10 +257,13 @@ def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> 
     start_epoch, elapsed = 0, 0.0
     best: float | None = None
     metrics: dict[str, float] = {}
+    # Earlier plans of a run made longer or shorter on resume: [{"epochs", "until_epoch"}, ...]
+    schedule_history: list[dict[str, int]] = []
     if opts.resume and opts.state_path.is_file():
         state = torch.load(opts.state_path, map_location="cpu", weights_only=True)
         raw.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        schedule_history = list(state.get("schedule_history", []))
         if state["epochs"] == opts.epochs:
             scheduler.load_state_dict(state["scheduler"])
         else:  # a longer (or shorter) run: the new schedule, advanced to where we stand
@@ -269,6 +272,7 @@ def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> 
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"]
             scheduler = build_scheduler(optimizer, opts, len(task.train_batches))
+            schedule_history.append({"epochs": state["epochs"], "until_epoch": state["epoch"]})
             with warnings.catch_warnings():  # "step() before optimizer.step()": intended here
                 warnings.simplefilter("ignore", UserWarning)
                 for _ in range(state["epoch"] * len(task.train_batches)):
@@ -305,6 +309,8 @@ def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> 
         "machine": machine_info(device, info.world_size),
         **task.extra_training,
     }
+    if schedule_history:  # the card says the schedule restarted, and where
+        settings["schedule_history"] = schedule_history
 
     def export(epoch_metrics: dict[str, float], epochs_done: int) -> ModelCard:
         training = {**settings, "epochs_completed": epochs_done, "wall_time_s": round(elapsed, 1)}
@@ -364,6 +370,7 @@ def fit(task: Task, opts: LoopOptions, device: torch.device, info: DistInfo) -> 
                 "best": best,
                 "metrics": metrics,
                 "rng_cpu": torch.get_rng_state(),
+                "schedule_history": schedule_history,
             }
             if device.type == "cuda":
                 state["rng_cuda"] = torch.cuda.get_rng_state(device)

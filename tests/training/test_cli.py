@@ -133,6 +133,10 @@ def test_a_resumed_run_made_longer_follows_the_longer_schedule(
     rates = [m["lr"] for m in _metrics(extended)[2:]]
     assert rates == pytest.approx([m["lr"] for m in _metrics(longer)[2:]], abs=1e-12)
     assert rates[0] > 0
+    _, card = load_checkpoint(extended / "export")
+    assert card.training["schedule_history"] == [{"epochs": 2, "until_epoch": 2}]
+    _, card = load_checkpoint(longer / "export")
+    assert "schedule_history" not in card.training
 
 
 def test_a_fresh_run_in_a_used_run_dir_starts_its_curves_afresh(
